@@ -1,0 +1,118 @@
+"""Load a YAML study config, apply dotted ``key=value`` overrides, validate, hash.
+
+Errors name the file and the key: a researcher with a typo must see *where* it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from lorascope.config.schema import StudyConfig
+from lorascope.errors import ConfigError
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
+    """``["train.epochs.mrpc=1", "seeds.replicates=[0,1]"]`` → ``[(dotted key, YAML-parsed value)]``."""
+    parsed = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted KEY, e.g. train.micro_batch=4")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+        parsed.append((key, value))
+    return parsed
+
+
+def _known_fields(model_cls: type, path: list[str]) -> set[str] | None:
+    """Field names at a dotted path of the schema, or None when the path leads into a free-form dict."""
+    cls = model_cls
+    for part in path:
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        cls = field.annotation
+        if not hasattr(cls, "model_fields"):
+            return None
+    return set(cls.model_fields)
+
+
+def _apply_override(tree: dict, key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        known = _known_fields(StudyConfig, parts[:i])
+        if known is not None and part not in known:
+            raise ConfigError(f"{source}: unknown key {'.'.join(parts[: i + 1])!r} (known here: {sorted(known)})")
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {'.'.join(parts[: i + 1])!r} is a value, not a section")
+        node = child
+    known = _known_fields(StudyConfig, parts[:-1])
+    if known is not None and parts[-1] not in known:
+        raise ConfigError(f"{source}: unknown key {key!r} (known here: {sorted(known)})")
+    node[parts[-1]] = value
+
+
+def _format_validation(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  unknown key {loc!r}")
+        else:
+            lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path}: not valid YAML: {exc}") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config {path}: the top level must be a mapping, got {type(tree).__name__}")
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
+    """Read ``path`` (or start from the schema defaults), apply overrides, validate.
+
+    Raises ``ConfigError`` naming the file and key on unknown keys, bad types and malformed YAML.
+    """
+    source = str(path) if path is not None else "<defaults>"
+    tree = copy.deepcopy(read_yaml(path)) if path is not None else {}
+    for key, value in parse_overrides(overrides):
+        _apply_override(tree, key, value, f"override {key}=… on {source}")
+    try:
+        return StudyConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, source)) from None
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal content → equal text, whatever the key order."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def config_hash(cfg: StudyConfig | dict, length: int = 16) -> str:
+    """Stable SHA-256 (hex prefix) of the resolved config, independent of key order."""
+    tree = cfg.model_dump(mode="json") if isinstance(cfg, StudyConfig) else cfg
+    return hashlib.sha256(canonical_json(tree).encode()).hexdigest()[:length]

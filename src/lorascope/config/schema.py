@@ -1,0 +1,144 @@
+"""The study configuration schema (pydantic v2). Every number STUDY.md fixes is a default here.
+
+All models forbid unknown keys, so a typo in YAML or an override is an error, not a silent no-op.
+Defaults describe the *real* study (§2–§6); ``configs/demo.yaml`` shrinks it for 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lorascope.baselines.settings import BaselinesConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """A causal LM by hub id or local folder (§2)."""
+
+    name_or_path: str = "princeton-nlp/Sheared-LLaMA-1.3B"
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+
+
+class SquadSplitConfig(_Strict):
+    """How SQuAD v2 splits are made (§3). Fractions/counts are of *articles* (titles)."""
+
+    validation_fraction: float = Field(0.05, gt=0, lt=1)
+    dev_only_articles: tuple[int, int, int] = (25, 5, 5)
+
+
+class DataConfig(_Strict):
+    """Where data comes from and how it is cut and tokenized (§3, §4)."""
+
+    tasks: list[Literal["mrpc", "squad_v2"]] = ["mrpc", "squad_v2"]
+    # auto: hub when reachable, else the mirror in data_dir. CLI --data-dir / LORASCOPE_DATA_DIR win.
+    source: Literal["auto", "hub", "mirror"] = "auto"
+    data_dir: str | None = None
+    max_length: int = Field(1024, ge=16)
+    max_new_tokens: int = Field(32, ge=1)
+    squad: SquadSplitConfig = SquadSplitConfig()
+    # Optional per-split caps (None = all). The demo uses them to fit 2 CPU cores; each cap is a
+    # seeded sample, recorded in every output.
+    subsample: dict[Literal["train", "validation", "test"], int | None] = {}
+    probe_size: int = Field(1000, ge=1)
+    stats_samples: int = Field(3, ge=0)
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v) or not v:
+            raise ValueError("tasks must be a non-empty list without repeats")
+        return v
+
+
+class SeedsConfig(_Strict):
+    """Named seeds (§5). Per-replicate seeds are derived from these and the replicate index."""
+
+    split: int = 0
+    init: int = 0
+    data: int = 0
+    dropout: int = 0
+    probe: int = 0
+    bootstrap: int = 0
+    baselines: int = 0
+    replicates: list[int] = [0, 1, 2, 3, 4]
+
+    @field_validator("replicates")
+    @classmethod
+    def _replicates(cls, v: list[int]) -> list[int]:
+        if len(v) < 1 or len(set(v)) != len(v):
+            raise ValueError("replicates must be a non-empty list of distinct ints")
+        return v
+
+
+class FTConfig(_Strict):
+    """Full fine-tuning (§5)."""
+
+    lr_grid: list[float] = [1e-5, 2e-5, 5e-5]
+    weight_decay: float = 0.01
+
+
+class LoRAConfig(_Strict):
+    """LoRA (§5). ``preset`` picks target modules: ``lora`` = all linear layers, ``lora_qv`` = q,v."""
+
+    r: int = Field(8, ge=1)
+    alpha: float = 16.0
+    dropout: float = Field(0.05, ge=0, lt=1)
+    preset: Literal["lora", "lora_qv"] = "lora"
+    target_modules: list[str] | None = None
+    lr_grid: list[float] = [1e-4, 2e-4, 5e-4, 1e-3]
+    weight_decay: float = 0.0
+
+
+class TrainConfig(_Strict):
+    """Shared optimisation settings (§5)."""
+
+    methods: list[Literal["ft", "lora", "lora_qv"]] = ["ft", "lora"]
+    effective_batch: int = Field(16, ge=1)
+    micro_batch: int = Field(16, ge=1)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    epochs: dict[Literal["mrpc", "squad_v2"], float] = {"mrpc": 3, "squad_v2": 2}
+    evals_per_epoch: int = Field(3, ge=1)
+    bf16_on_cuda: bool = True
+
+    @model_validator(mode="after")
+    def _accumulation(self) -> "TrainConfig":
+        if self.effective_batch % self.micro_batch:
+            raise ValueError(
+                f"effective_batch ({self.effective_batch}) must be a multiple of micro_batch ({self.micro_batch})"
+            )
+        return self
+
+
+class TrackingConfig(_Strict):
+    """wandb (online with a key, offline without, or disabled) plus local JSONL always (§14)."""
+
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str = "NLP"
+    entity: str = "galavny-tel-aviv-university"
+
+
+class OutputConfig(_Strict):
+    root: str = "results/study"
+
+
+class StudyConfig(_Strict):
+    """The whole study. ``name`` labels outputs; everything else is grouped by stage."""
+
+    name: str = "study"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    seeds: SeedsConfig = SeedsConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
+    ft: FTConfig = FTConfig()
+    lora: LoRAConfig = LoRAConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output: OutputConfig = OutputConfig()

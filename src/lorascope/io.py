@@ -1,0 +1,49 @@
+"""Atomic file writes: a result file either exists complete or not at all (temp file, fsync, rename)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _check_finite(obj: Any, where: str = "$") -> None:
+    """NaN/inf must never become a recorded number: fail loudly, naming where it is."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f"non-finite number {obj!r} at {where}")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_finite(v, f"{where}[{i}]")
+
+
+def atomic_write_json(path: str | Path, obj: Any, *, allow_nan: bool = False) -> Path:
+    if not allow_nan:
+        _check_finite(obj)
+    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=allow_nan, default=str) + "\n"
+    return atomic_write_text(path, text)

@@ -1,0 +1,137 @@
+"""Run manifests (§13): every output directory records how its contents were made.
+
+``run_manifest(out_dir, config, ...)`` is a context manager: it writes ``manifest.json`` with status
+``running`` on entry and ``completed`` (or ``failed`` with the error) on exit, so a directory whose
+manifest does not say ``completed`` never counts as a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import Iterator
+
+from lorascope import __version__
+from lorascope.config.load import config_hash
+from lorascope.config.schema import StudyConfig
+from lorascope.io import atomic_write_json
+
+MANIFEST = "manifest.json"
+PACKAGES = (
+    "torch", "transformers", "peft", "datasets", "tokenizers", "accelerate", "safetensors", "numpy", "scipy",
+    "scikit-learn", "statsmodels", "pandas", "matplotlib", "pydantic", "optuna", "wandb", "ray", "vllm",
+)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _git(*args: str) -> str | None:
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        res = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def git_info() -> dict:
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_info() -> dict:
+    info: dict = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    try:
+        import torch
+
+        info["torch_cuda"] = torch.version.cuda
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            info["gpu"] = {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                           "count": torch.cuda.device_count()}
+            drv = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10)
+            info["driver"] = drv.stdout.strip().splitlines()[0] if drv.returncode == 0 and drv.stdout else None
+    except (ImportError, OSError, subprocess.TimeoutExpired):
+        pass
+    return info
+
+
+def build_manifest(config: StudyConfig | None, *, command: str, seeds: dict | None = None,
+                   data_files: list | None = None, extra: dict | None = None) -> dict:
+    cfg = config.model_dump(mode="json") if config is not None else None
+    return {
+        "lorascope_version": __version__,
+        "command": command,
+        "status": "running",
+        "started": _now(),
+        "finished": None,
+        "config": cfg,
+        "config_hash": config_hash(cfg) if cfg is not None else None,
+        "seeds": seeds if seeds is not None else (config.seeds.model_dump() if config is not None else {}),
+        "python": sys.version.split()[0],
+        "packages": package_versions(),
+        "hardware": hardware_info(),
+        "git": git_info(),
+        "data_files": data_files or [],
+        **(extra or {}),
+    }
+
+
+@contextlib.contextmanager
+def run_manifest(out_dir: str | Path, config: StudyConfig | None, *, command: str, seeds: dict | None = None,
+                 data_files: list | None = None, extra: dict | None = None) -> Iterator[dict]:
+    """Write the manifest as ``running``; the body may add keys (e.g. ``data_files``) to the yielded dict."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = build_manifest(config, command=command, seeds=seeds, data_files=data_files, extra=extra)
+    atomic_write_json(out / MANIFEST, manifest)
+    try:
+        yield manifest
+    except BaseException as exc:
+        manifest.update(status="failed", finished=_now(),
+                        error="".join(traceback.format_exception_only(type(exc), exc)).strip())
+        atomic_write_json(out / MANIFEST, manifest)
+        raise
+    manifest.update(status="completed", finished=_now())
+    atomic_write_json(out / MANIFEST, manifest)
+
+
+def is_completed(out_dir: str | Path) -> bool:
+    import json
+
+    path = Path(out_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text())["status"] == "completed"
+    except (OSError, ValueError, KeyError):
+        return False

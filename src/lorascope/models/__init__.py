@@ -1,0 +1,1 @@
+"""Models: loading causal LMs and tokenizers by hub id or local folder."""

@@ -1,0 +1,94 @@
+import pytest
+
+from lorascope.config import config_hash, load_config, parse_overrides
+from lorascope.config.schema import StudyConfig
+from lorascope.errors import ConfigError
+from tests.conftest import REPO
+
+
+def test_shipped_configs_validate():
+    study = load_config(REPO / "configs" / "study.yaml")
+    assert study.model.name_or_path == "princeton-nlp/Sheared-LLaMA-1.3B"
+    assert study.seeds.replicates == [0, 1, 2, 3, 4]
+    assert study.ft.lr_grid == [1e-5, 2e-5, 5e-5]
+    assert study.lora.lr_grid == [1e-4, 2e-4, 5e-4, 1e-3]
+    assert (study.lora.r, study.lora.alpha, study.lora.dropout) == (8, 16, 0.05)
+    assert study.train.epochs == {"mrpc": 3, "squad_v2": 2}
+    demo = load_config(REPO / "configs" / "demo.yaml")
+    assert "stories260k" in demo.model.name_or_path and demo.data.max_length == 512
+
+
+def test_yaml_headers_show_command():
+    for name in ("demo.yaml", "study.yaml"):
+        head = (REPO / "configs" / name).read_text().splitlines()[:8]
+        assert any("lorascope run configs/" + name in line for line in head), name
+
+
+def test_overrides_dotted_and_typed(tmp_path):
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["data.max_length=128", "seeds.replicates=[3, 4]",
+                                                       "train.epochs.mrpc=1", "lora.preset=lora_qv"])
+    assert cfg.data.max_length == 128 and cfg.seeds.replicates == [3, 4]
+    assert cfg.train.epochs["mrpc"] == 1 and cfg.lora.preset == "lora_qv"
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("data.max_lenght=3", "data.max_lenght"),
+    ("nosuch.key=1", "nosuch"),
+    ("data.max_length=abc", "data.max_length"),
+    ("lora.preset=everything", "lora.preset"),
+    ("train.epochs.cola=1", "train.epochs.cola"),
+    ("justakey", "KEY=VALUE"),
+    ("data.max_length.x=1", "data.max_length"),
+])
+def test_bad_overrides_name_key_and_file(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "configs" / "demo.yaml", [override])
+    assert needle in str(err.value)
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name_or_pth: x\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert "bad.yaml" in str(err.value) and "model.name_or_pth" in str(err.value)
+
+
+def test_bad_type_and_malformed_yaml(tmp_path):
+    bad = tmp_path / "t.yaml"
+    bad.write_text("train:\n  micro_batch: many\n")
+    with pytest.raises(ConfigError, match=r"t\.yaml.*\n.*train\.micro_batch"):
+        load_config(bad)
+    broken = tmp_path / "b.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="b.yaml.*not valid YAML"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cross_field_validation():
+    with pytest.raises(ConfigError, match="multiple of micro_batch"):
+        load_config(None, ["train.effective_batch=16", "train.micro_batch=5"])
+
+
+def test_hash_stable_and_key_order_independent(tmp_path):
+    a = tmp_path / "a.yaml"
+    b = tmp_path / "b.yaml"
+    a.write_text("name: x\ndata:\n  max_length: 64\n  probe_size: 10\n")
+    b.write_text("data:\n  probe_size: 10\n  max_length: 64\nname: x\n")
+    assert config_hash(load_config(a)) == config_hash(load_config(b))
+    assert config_hash(load_config(a)) != config_hash(load_config(a, ["data.max_length=65"]))
+    # dict key order inside a section too
+    assert config_hash({"x": 1, "y": {"b": 2, "a": 1}}) == config_hash({"y": {"a": 1, "b": 2}, "x": 1})
+
+
+def test_defaults_are_the_study():
+    cfg = StudyConfig()
+    assert cfg.data.max_length == 1024 and cfg.train.effective_batch == 16 and cfg.train.warmup_ratio == 0.06
+    assert cfg.tracking.project == "NLP" and cfg.tracking.entity == "galavny-tel-aviv-university"
+
+
+def test_parse_overrides_values():
+    assert parse_overrides(["a.b=1", "c=[1,2]", "d=true", "e=x y", "f="]) == [
+        ("a.b", 1), ("c", [1, 2]), ("d", True), ("e", "x y"), ("f", None)]
