@@ -1,0 +1,44 @@
+"""Shared CLI plumbing: config loading from options, user-facing errors, JSON printing."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+
+from lorascope.config import load_config
+from lorascope.config.schema import StudyConfig
+from lorascope.errors import LorascopeError
+
+console = Console(stderr=True)
+DEFAULT_CONFIG = Path("configs/demo.yaml")
+
+
+def resolve_config(config: Path | None, overrides: list[str] | None) -> StudyConfig:
+    """``--config`` (default ``configs/demo.yaml`` when present, else the schema defaults) + overrides."""
+    if config is None and DEFAULT_CONFIG.is_file():
+        config = DEFAULT_CONFIG
+    return load_config(config, overrides or [])
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Print a LorascopeError as one clear red message and exit 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LorascopeError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
