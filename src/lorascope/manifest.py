@@ -127,11 +127,15 @@ def run_manifest(out_dir: str | Path, config: StudyConfig | None, *, command: st
     atomic_write_json(out / MANIFEST, manifest)
 
 
-def is_completed(out_dir: str | Path) -> bool:
+def is_completed(out_dir: str | Path, config: StudyConfig | None = None) -> bool:
+    """True when the folder's manifest says ``completed`` (and, given ``config``, for that same config)."""
     import json
 
     path = Path(out_dir) / MANIFEST
     try:
-        return json.loads(path.read_text())["status"] == "completed"
-    except (OSError, ValueError, KeyError):
+        man = json.loads(path.read_text())
+    except (OSError, ValueError):
         return False
+    if man.get("status") != "completed":
+        return False
+    return config is None or man.get("config_hash") == config_hash(config.model_dump(mode="json"))

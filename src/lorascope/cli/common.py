@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from lorascope.config import load_config
 from lorascope.config.schema import StudyConfig
@@ -34,7 +35,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except LorascopeError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            console.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from lorascope.cli import train_cmds
 from lorascope.cli.common import console, print_json, resolve_config, user_errors
 from lorascope.config import config_hash
 
@@ -18,6 +19,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
 app.add_typer(data_app, name="data")
 app.add_typer(metrics_app, name="metrics")
 app.add_typer(config_app, name="config")
+train_cmds.register(app)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Study YAML (default: configs/demo.yaml if present).")
 DataDirOpt = typer.Option(None, "--data-dir", help="Local mirror folder (else $LORASCOPE_DATA_DIR, else config).")
@@ -45,7 +47,7 @@ def data_stats(task: str = TaskOpt, as_json: bool = JsonOpt, config: Optional[Pa
 
     cfg = resolve_config(config, overrides)
     data = load_task(task, cfg.data, seed=cfg.seeds.split, data_dir=data_dir)
-    tok = load_tokenizer(cfg.model.name_or_path, cfg.model.revision)
+    tok = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
     stats = dataset_stats(data, seed=cfg.seeds.split, n_samples=cfg.data.stats_samples, tokenizer=tok,
                           max_length=cfg.data.max_length, max_new_tokens=cfg.data.max_new_tokens)
     if as_json:

@@ -24,6 +24,9 @@ class ModelConfig(_Strict):
     revision: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    # The token that ends every target and stops generation (§4: EOS). None = the tokenizer's EOS. The demo
+    # model (llama2.c stories260K) never learned </s>: its stories end with <s>, so the demo uses that.
+    eos_token: str | None = None
 
 
 class SquadSplitConfig(_Strict):
@@ -107,6 +110,10 @@ class TrainConfig(_Strict):
     epochs: dict[Literal["mrpc", "squad_v2"], float] = {"mrpc": 3, "squad_v2": 2}
     evals_per_epoch: int = Field(3, ge=1)
     bf16_on_cuda: bool = True
+    eval_batch_size: int = Field(16, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1)  # steps; None = at each validation and at the end
+    # Cap on optimizer steps (None = epochs decide). The demo uses it to stay within minutes on CPU.
+    max_steps: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _accumulation(self) -> "TrainConfig":
@@ -115,6 +122,24 @@ class TrainConfig(_Strict):
                 f"effective_batch ({self.effective_batch}) must be a multiple of micro_batch ({self.micro_batch})"
             )
         return self
+
+
+class SanityConfig(_Strict):
+    """The sanity gate (§6): memorise a few training examples, then get all of them right."""
+
+    n_examples: int = Field(10, ge=1)
+    max_steps: int = Field(300, ge=1)
+    loss_threshold: float = Field(0.05, gt=0)
+    lr: dict[Literal["ft", "lora", "lora_qv"], float] = {"ft": 5e-5, "lora": 1e-3, "lora_qv": 1e-3}
+
+
+class HPOConfig(_Strict):
+    """Learning-rate search on validation only (§5): the full grid by default, or Optuna TPE."""
+
+    sampler: Literal["grid", "tpe"] = "grid"
+    n_trials: int | None = None  # TPE budget; None = the grid's size
+    replicate: int = 0  # HPO runs at seed 0 (§5)
+    storage: str | None = None  # optuna URL; None = sqlite in the study folder
 
 
 class TrackingConfig(_Strict):
@@ -140,5 +165,7 @@ class StudyConfig(_Strict):
     ft: FTConfig = FTConfig()
     lora: LoRAConfig = LoRAConfig()
     train: TrainConfig = TrainConfig()
+    sanity: SanityConfig = SanityConfig()
+    hpo: HPOConfig = HPOConfig()
     tracking: TrackingConfig = TrackingConfig()
     output: OutputConfig = OutputConfig()

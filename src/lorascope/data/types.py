@@ -77,8 +77,10 @@ class TaskData:
     def __getitem__(self, split: str) -> list:
         return self.splits[split]
 
-    def sizes(self) -> dict[str, int]:
-        return {name: len(self.splits[name]) for name in SPLITS}
+    def sizes(self) -> dict[str, int | str]:
+        """Split sizes; a held-out split (unreadable during HPO) is reported as ``"held out"``."""
+        return {name: "held out" if getattr(self.splits[name], "held_out", False) else len(self.splits[name])
+                for name in SPLITS}
 
     def describe(self) -> dict:
         """What every output built on this data carries: task, split scheme, source, sizes."""

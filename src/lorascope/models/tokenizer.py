@@ -15,8 +15,11 @@ def _looks_local(name_or_path: str) -> bool:
     return name_or_path.startswith((".", "/", "~")) or Path(name_or_path).expanduser().exists()
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None):
-    """AutoTokenizer with right padding and a pad token (pad = unk, else eos, as Llama models lack one)."""
+def load_tokenizer(name_or_path: str, revision: str | None = None, eos_token: str | None = None):
+    """AutoTokenizer with right padding and a pad token (pad = unk, else eos, as Llama models lack one).
+
+    ``eos_token`` replaces the end-of-target token (see ``ModelConfig.eos_token``); it must be in the vocabulary.
+    """
     from transformers import AutoTokenizer
 
     if _looks_local(name_or_path):
@@ -30,6 +33,10 @@ def load_tokenizer(name_or_path: str, revision: str | None = None):
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load tokenizer {name_or_path!r}: {exc}") from None
     tok.padding_side = "right"
+    if eos_token is not None:
+        if tok.convert_tokens_to_ids(eos_token) in (None, tok.unk_token_id) and eos_token != tok.unk_token:
+            raise ModelLoadError(f"eos_token {eos_token!r} is not in the vocabulary of {name_or_path!r}")
+        tok.eos_token = eos_token
     if tok.pad_token_id is None:
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
     if tok.eos_token_id is None:

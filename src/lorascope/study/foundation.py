@@ -76,11 +76,19 @@ def summary_markdown(cfg: StudyConfig, results: dict[str, dict], out_dir: Path) 
     return "\n".join(lines)
 
 
-def run_foundation(cfg: StudyConfig, out_dir: Path, *, data_dir: str | None = None, progress=None) -> dict:
-    """Data stage for every task of the config, then ``summary.md``. Returns per-task results."""
-    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision)
-    with run_manifest(out_dir, cfg, command="run (foundation)"):
+def run_foundation(cfg: StudyConfig, out_dir: Path, *, data_dir: str | None = None, progress=None,
+                   train: bool = True) -> dict:
+    """Data stage for every task, then (``train``) sanity gate, HPO and final runs; writes ``summary.md``."""
+    from lorascope.study.training import run_training_stage
+
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
+    with run_manifest(out_dir, cfg, command="run"):
         results = {task: run_task_data_stage(cfg, task, out_dir / task, data_dir=data_dir, tokenizer=tokenizer,
                                              progress=progress) for task in cfg.data.tasks}
-        atomic_write_text(out_dir / "summary.md", summary_markdown(cfg, results, out_dir))
+        summary = summary_markdown(cfg, results, out_dir)
+        if train:
+            training = run_training_stage(cfg, out_dir, data_dir=data_dir, progress=progress)
+            summary += "\n" + training["markdown"]
+            results["training"] = training
+        atomic_write_text(out_dir / "summary.md", summary)
     return results

@@ -1,0 +1,34 @@
+"""Merge a PEFT LoRA adapter into its base model and write a plain HF model folder (§10 ``merged``)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from lorascope.config.schema import ModelConfig
+from lorascope.models.load import load_causal_lm
+from lorascope.models.tokenizer import ModelLoadError, load_tokenizer
+
+
+def load_adapter(model_cfg: ModelConfig, adapter_dir: str | Path, device="cpu"):
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelLoadError(f"{adapter_dir}: no adapter_config.json — not a PEFT adapter folder")
+    base = load_causal_lm(model_cfg, device)
+    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+
+
+def merge_adapter(model_cfg: ModelConfig, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """W ← W + (α/r)·B·A for every adapted module; saved with the tokenizer (safetensors), atomically."""
+    out_dir = Path(out_dir)
+    merged = load_adapter(model_cfg, adapter_dir).merge_and_unload()
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    load_tokenizer(model_cfg.name_or_path, model_cfg.revision, model_cfg.eos_token).save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir

@@ -1,0 +1,180 @@
+"""One training run end to end: data → model (FT or LoRA) → loop → best checkpoint → test predictions.
+
+A run folder is a result only when its manifest says ``completed``; a diverged run leaves ``failed.json``
+with diagnostics and a ``failed`` manifest, never ``results.json``. Rerunning a completed run returns its
+results; rerunning an interrupted one resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lorascope.config import config_hash
+from lorascope.config.schema import StudyConfig
+from lorascope.data.load import load_task
+from lorascope.data.tokenize import encode_train
+from lorascope.data.types import TaskData
+from lorascope.errors import LorascopeError
+from lorascope.io import atomic_write_json, atomic_write_text
+from lorascope.manifest import is_completed, run_manifest
+from lorascope.models.load import load_causal_lm
+from lorascope.models.lora import apply_lora
+from lorascope.models.tokenizer import load_tokenizer
+from lorascope.train.checkpoint import load_trainable_state, trainable_state
+from lorascope.train.dist import DistInfo
+from lorascope.train.evaluate import PRIMARY, evaluate
+from lorascope.train.holdout import without_test
+from lorascope.train.loop import LoopSettings, TrainingDiverged, train_loop
+from lorascope.train.loss import TargetTokenLoss
+from lorascope.train.seeds import run_seeds
+from lorascope.train.tracking import Tracker
+
+METHODS = ("ft", "lora", "lora_qv")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What distinguishes one run: task, method, learning rate, replicate; ``hpo`` runs never see test."""
+
+    task: str
+    method: str
+    lr: float
+    replicate: int = 0
+    hpo: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-{self.method}-lr{self.lr:g}-r{self.replicate}" + ("-hpo" if self.hpo else "")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def loop_settings(cfg: StudyConfig, spec: RunSpec, device: torch.device) -> LoopSettings:
+    method_cfg = cfg.ft if spec.method == "ft" else cfg.lora
+    t = cfg.train
+    return LoopSettings(lr=spec.lr, weight_decay=method_cfg.weight_decay, epochs=t.epochs[spec.task],
+                        effective_batch=t.effective_batch, micro_batch=t.micro_batch, warmup_ratio=t.warmup_ratio,
+                        grad_clip=t.grad_clip, evals_per_epoch=t.evals_per_epoch, max_steps=t.max_steps,
+                        checkpoint_every=t.checkpoint_every, bf16=t.bf16_on_cuda and device.type == "cuda")
+
+
+def build_model(cfg: StudyConfig, method: str, init_seed: int, device: torch.device):
+    if method not in METHODS:
+        raise LorascopeError(f"unknown method {method!r}; expected one of {METHODS}")
+    model = load_causal_lm(cfg.model, device)
+    if method != "ft":
+        model = apply_lora(model, cfg.lora, init_seed=init_seed, method=method)
+    return model
+
+
+def save_final_model(model, tokenizer, folder: Path, method: str) -> None:
+    """LoRA: the adapter in PEFT format (loadable by PEFT and vLLM); FT: a full HF model folder."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    if method == "ft":
+        tokenizer.save_pretrained(tmp)
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def _truncate_metrics_log(out_dir: Path) -> None:
+    """After a resume, drop log lines past the checkpoint (they are recomputed identically)."""
+    path = out_dir / "metrics.jsonl"
+    ckpt_state = out_dir / "checkpoints"
+    pointer = ckpt_state / "LATEST"
+    if not path.is_file() or not pointer.is_file():
+        return
+    step = json.loads((ckpt_state / pointer.read_text().strip() / "state.json").read_text())["step"]
+    keep = [ln for ln in path.read_text().splitlines() if json.loads(ln).get("step", 0) <= step]
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskData | None = None,
+                 data_dir: str | None = None, device: torch.device | None = None, dist: DistInfo = DistInfo(),
+                 wrap=None) -> dict:
+    """Train, select the best validation checkpoint, evaluate on test (not in HPO). Returns ``results.json``.
+
+    ``wrap(loss_module) -> module`` lets torchrun wrap the loss module in DDP/FSDP.
+    """
+    out_dir = Path(out_dir)
+    if is_completed(out_dir, cfg) and (out_dir / "results.json").is_file():
+        return json.loads((out_dir / "results.json").read_text())
+    device = device or default_device()
+    seeds = run_seeds(cfg.seeds, spec.replicate)
+    if data is None:
+        data = load_task(spec.task, cfg.data, seed=cfg.seeds.split, data_dir=data_dir, apply_subsample=True)
+    if spec.hpo:
+        data = without_test(data)
+    with run_manifest(out_dir, cfg, command=f"train {spec.name}", seeds={**cfg.seeds.model_dump(), **seeds.as_dict()},
+                      extra={"run": spec.__dict__, "data": data.describe()}) if dist.is_main else _nullmanifest() as manifest:
+        tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
+        model = build_model(cfg, spec.method, seeds.init, device)
+        train_enc, dropped = encode_train(tokenizer, data["train"], cfg.data.max_length)
+        settings = loop_settings(cfg, spec, device)
+        tracker = Tracker(out_dir, cfg.tracking, name=spec.name, group=f"{cfg.name}-{config_hash(cfg)}",
+                          config={"run": spec.__dict__, "settings": settings.__dict__, "seeds": seeds.as_dict()},
+                          enabled=dist.is_main)
+        _truncate_metrics_log(out_dir)
+        ev = dict(batch_size=cfg.train.eval_batch_size, max_length=cfg.data.max_length,
+                  max_new_tokens=cfg.data.max_new_tokens, device=device, bf16=settings.bf16)
+
+        def validate() -> dict:
+            return evaluate(spec.task, model, tokenizer, data["validation"], **ev)[0]
+
+        def on_best(step: int, metrics: dict) -> None:
+            if dist.is_main:
+                save_file(trainable_state(model), _tmp(out_dir / "best" / "weights.safetensors"))
+                (out_dir / "best" / "weights.safetensors.tmp").replace(out_dir / "best" / "weights.safetensors")
+                atomic_write_json(out_dir / "best" / "best.json", {"step": step, "metrics": metrics})
+
+        loss_module = TargetTokenLoss(model)
+        loss_module = wrap(loss_module) if wrap else loss_module
+        try:
+            res = train_loop(loss_module, model, train_enc, settings, seeds, out_dir, pad_id=tokenizer.pad_token_id,
+                             device=device, dist=dist, validate=validate, primary=PRIMARY[spec.task], on_best=on_best,
+                             log=tracker.log)
+        except TrainingDiverged as exc:
+            if dist.is_main:
+                atomic_write_json(out_dir / "failed.json", {"error": str(exc), **exc.diagnostics}, allow_nan=True)
+            tracker.finish("failed")
+            raise
+        if (out_dir / "best" / "weights.safetensors").is_file():
+            load_trainable_state(model, load_file(out_dir / "best" / "weights.safetensors"))
+        results = {"run": spec.__dict__, "name": spec.name, "data": data.describe(), "seeds": seeds.as_dict(),
+                   "steps": res.steps, "best_step": res.best_step, "validation_best": res.best_metric,
+                   "primary": PRIMARY[spec.task], "train_examples": len(train_enc), "train_dropped": len(dropped)}
+        if not spec.hpo and dist.is_main:
+            metrics, records = evaluate(spec.task, model, tokenizer, data["test"], **ev)
+            results["test"] = metrics
+            atomic_write_text(out_dir / "predictions_test.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        if dist.is_main:
+            save_final_model(model, tokenizer, out_dir / ("model" if spec.method == "ft" else "adapter"), spec.method)
+            atomic_write_json(out_dir / "results.json", results)
+            manifest["results"] = {k: results[k] for k in ("validation_best", "best_step", "steps")}
+        tracker.finish("completed")
+    return results
+
+
+def _tmp(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(path.name + ".tmp")
+
+
+class _nullmanifest:
+    """Ranks other than 0 write no manifest."""
+
+    def __enter__(self):
+        return {}
+
+    def __exit__(self, *exc):
+        return False
