@@ -30,8 +30,11 @@ def register(app: typer.Typer) -> None:
         cfg = resolve_config(config, overrides)
         spec = RunSpec(task, method, lr, replicate=seed)
         out_dir = out or Path(cfg.output.root) / task / "runs" / spec.name
-        results = launch_if_distributed(cfg, spec, out_dir, data_dir) or run_training(cfg, spec, out_dir, data_dir=data_dir)
-        print_json(results)
+        results = launch_if_distributed(cfg, spec, out_dir, data_dir)
+        if results is None:
+            results = run_training(cfg, spec, out_dir, data_dir=data_dir)
+        if results:  # ranks other than 0 return {} and print nothing
+            print_json(results)
 
     @app.command("sanity")
     @user_errors

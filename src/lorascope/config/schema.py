@@ -111,6 +111,9 @@ class TrainConfig(_Strict):
     evals_per_epoch: int = Field(3, ge=1)
     bf16_on_cuda: bool = True
     eval_batch_size: int = Field(16, ge=1)
+    # Under torchrun: ddp (LoRA, and FT when it fits a GPU) or fsdp (FT that does not fit). The global batch
+    # is effective_batch whatever the world size; accumulation = effective / (micro × world).
+    strategy: Literal["single", "ddp", "fsdp"] = "single"
     checkpoint_every: int | None = Field(None, ge=1)  # steps; None = at each validation and at the end
     # Cap on optimizer steps (None = epochs decide). The demo uses it to stay within minutes on CPU.
     max_steps: int | None = Field(None, ge=1)

@@ -9,7 +9,6 @@ gradient of the single large batch. AdamW, linear warmup then linear decay (as H
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ from lorascope.data.tokenize import IGNORE_INDEX, Encoded
 from lorascope.errors import LorascopeError
 from lorascope.train.batching import epoch_batches, micro_batches
 from lorascope.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from lorascope.train.dist import DistInfo, all_reduce_sum
+from lorascope.train.dist import DistInfo, all_reduce_sum, grad_sync
 from lorascope.train.evaluate import autocast_ctx
 from lorascope.train.seeds import RunSeeds
 
@@ -60,6 +59,10 @@ class LoopResult:
     best_step: int | None
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+
+
+def micro_seed(dropout_seed: int, step: int, micro_index: int) -> int:
+    return (dropout_seed * 1_000_003 + step * 4099 + micro_index) % (2**63 - 1)
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -134,10 +137,6 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
             step, result.best_metric, result.best_step = state["step"], state["best_metric"], state["best_step"]
             result.history = state["history"]
             log({"event": "resumed", "step": step, "checkpoint": ckpt.name})
-        else:
-            torch.manual_seed(seeds.dropout)
-            if device.type == "cuda":
-                torch.cuda.manual_seed_all(seeds.dropout)
         model.train()
         batches_cache: dict[int, list[list[int]]] = {}
         while step < total:
@@ -152,8 +151,10 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
             mbs = micro_batches(global_batch, S.micro_batch, dist.rank, dist.world_size)
             for k, mb in enumerate(mbs):
                 ids, mask, labels = collate([train[i] for i in mb], pad_id, device)
-                sync = k == len(mbs) - 1 or not hasattr(loss_module, "no_sync")
-                with (contextlib.nullcontext() if sync else loss_module.no_sync()), autocast_ctx(device, S.bf16):
+                # Dropout masks depend on (seed, step, global micro-batch index) only, so 2 ranks draw
+                # exactly the masks 1 rank with accumulation 2 draws, and resume needs no RNG replay.
+                torch.manual_seed(micro_seed(seeds.dropout, step, dist.rank * len(mbs) + k))
+                with grad_sync(loss_module, model, sync=k == len(mbs) - 1), autocast_ctx(device, S.bf16):
                     nll, _ = loss_module(ids, mask, labels)
                     # DDP averages gradients over ranks; × world_size turns that average back into the sum.
                     (nll * (dist.world_size / n_tgt)).backward()
@@ -162,7 +163,8 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
             nll_sum = all_reduce_sum(nll_sum, dist)
             loss = float(nll_sum) / n_tgt
             lr = scheduler.get_last_lr()[0]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, S.grad_clip))
+            norm = torch.nn.utils.clip_grad_norm_(params, S.grad_clip)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 raise TrainingDiverged({"step": step + 1, "loss": loss, "grad_norm": grad_norm, "lr": lr,
                                         "recent": [h for h in result.history if "loss" in h][-5:]})
@@ -186,11 +188,11 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
                 result.history.append(entry)
                 log(entry)
             stop = S.stop_loss is not None and loss <= S.stop_loss
-            if dist.rank == 0 and (step % ckpt_every == 0 or step == total or stop):
+            if step % ckpt_every == 0 or step == total or stop:
                 state = {"step": step, "best_metric": result.best_metric, "best_step": result.best_step,
                          "scheduler": scheduler.state_dict(), "history": result.history, "seeds": seeds.as_dict(),
                          "settings": asdict(S), "steps_per_epoch": steps_per_epoch, "total_steps": total}
-                save_checkpoint(ckpt_root, step, model, optimizer, state)
+                save_checkpoint(ckpt_root, step, model, optimizer, state, write=dist.is_main)
             if stop:
                 result.stopped_early = True
                 break

@@ -26,7 +26,7 @@ from lorascope.models.load import load_causal_lm
 from lorascope.models.lora import apply_lora
 from lorascope.models.tokenizer import load_tokenizer
 from lorascope.train.checkpoint import load_trainable_state, trainable_state
-from lorascope.train.dist import DistInfo
+from lorascope.train.dist import DistInfo, barrier, root_unsharded, wrap_for_strategy
 from lorascope.train.evaluate import PRIMARY, evaluate
 from lorascope.train.holdout import without_test
 from lorascope.train.loop import LoopSettings, TrainingDiverged, train_loop
@@ -100,11 +100,11 @@ def _truncate_metrics_log(out_dir: Path) -> None:
 
 
 def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskData | None = None,
-                 data_dir: str | None = None, device: torch.device | None = None, dist: DistInfo = DistInfo(),
-                 wrap=None) -> dict:
+                 data_dir: str | None = None, device: torch.device | None = None, dist: DistInfo = DistInfo()) -> dict:
     """Train, select the best validation checkpoint, evaluate on test (not in HPO). Returns ``results.json``.
 
-    ``wrap(loss_module) -> module`` lets torchrun wrap the loss module in DDP/FSDP.
+    Under torchrun (``dist.world_size > 1``) every rank trains and validates; rank 0 alone writes, and after
+    training evaluates test on a fresh unsharded copy of the best weights.
     """
     out_dir = Path(out_dir)
     if is_completed(out_dir, cfg) and (out_dir / "results.json").is_file():
@@ -129,16 +129,17 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
                   max_new_tokens=cfg.data.max_new_tokens, device=device, bf16=settings.bf16)
 
         def validate() -> dict:
-            return evaluate(spec.task, model, tokenizer, data["validation"], **ev)[0]
+            with root_unsharded(loss_module):
+                return evaluate(spec.task, model, tokenizer, data["validation"], **ev)[0]
 
         def on_best(step: int, metrics: dict) -> None:
+            weights = trainable_state(model)  # collective under FSDP: every rank gathers
             if dist.is_main:
-                save_file(trainable_state(model), _tmp(out_dir / "best" / "weights.safetensors"))
+                save_file(weights, _tmp(out_dir / "best" / "weights.safetensors"))
                 (out_dir / "best" / "weights.safetensors.tmp").replace(out_dir / "best" / "weights.safetensors")
                 atomic_write_json(out_dir / "best" / "best.json", {"step": step, "metrics": metrics})
 
-        loss_module = TargetTokenLoss(model)
-        loss_module = wrap(loss_module) if wrap else loss_module
+        loss_module = wrap_for_strategy(TargetTokenLoss(model), model, dist, device)
         try:
             res = train_loop(loss_module, model, train_enc, settings, seeds, out_dir, pad_id=tokenizer.pad_token_id,
                              device=device, dist=dist, validate=validate, primary=PRIMARY[spec.task], on_best=on_best,
@@ -148,6 +149,15 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
                 atomic_write_json(out_dir / "failed.json", {"error": str(exc), **exc.diagnostics}, allow_nan=True)
             tracker.finish("failed")
             raise
+        barrier(dist)
+        if dist.world_size > 1:
+            if not dist.is_main:
+                tracker.finish("completed")
+                return {}
+            # A fresh unsharded model on rank 0: test evaluation and saving need no collectives.
+            model = build_model(cfg, spec.method, seeds.init, device)
+            last = out_dir / "checkpoints" / f"step-{res.steps:06d}" / "weights.safetensors"
+            load_trainable_state(model, load_file(last))
         if (out_dir / "best" / "weights.safetensors").is_file():
             load_trainable_state(model, load_file(out_dir / "best" / "weights.safetensors"))
         results = {"run": spec.__dict__, "name": spec.name, "data": data.describe(), "seeds": seeds.as_dict(),
@@ -159,6 +169,7 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
             atomic_write_text(out_dir / "predictions_test.jsonl", "".join(json.dumps(r) + "\n" for r in records))
         if dist.is_main:
             save_final_model(model, tokenizer, out_dir / ("model" if spec.method == "ft" else "adapter"), spec.method)
+            results["world_size"], results["strategy"] = dist.world_size, dist.strategy
             atomic_write_json(out_dir / "results.json", results)
             manifest["results"] = {k: results[k] for k in ("validation_best", "best_step", "steps")}
         tracker.finish("completed")
