@@ -192,3 +192,12 @@ def test_unknown_method_and_missing_model(cfg, tmp_path):
     broken.model.name_or_path = str(tmp_path / "nomodel")
     with pytest.raises(LorascopeError, match="not found"):
         run_training(broken, RunSpec("mrpc", "ft", 1e-3, 0), tmp_path / "y")
+
+
+def test_zero_shot_base_model(cfg, tmp_path):
+    from lorascope.train.zero_shot import run_zero_shot
+
+    res = run_zero_shot(cfg, "mrpc", tmp_path / "z")
+    assert res["name"] == "base_zero_shot" and res["test"]["n"] == 12
+    preds = (tmp_path / "z" / "predictions_test.jsonl").read_text().splitlines()
+    assert len(preds) == 12 and json.loads((tmp_path / "z" / MANIFEST).read_text())["status"] == "completed"

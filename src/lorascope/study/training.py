@@ -14,6 +14,7 @@ from lorascope.config.schema import StudyConfig
 from lorascope.train.hpo import run_hpo
 from lorascope.train.run import RunSpec, run_training
 from lorascope.train.sanity import SanityGateFailed, run_sanity
+from lorascope.train.zero_shot import run_zero_shot
 
 
 def sanity_stage(cfg: StudyConfig, out_dir: Path, *, data_dir=None, progress=None) -> dict:
@@ -69,7 +70,16 @@ def final_table(runs: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def training_markdown(sanity: dict, hpo: dict, runs: dict) -> str:
+def zero_shot_stage(cfg: StudyConfig, out_dir: Path, *, data_dir=None, progress=None) -> dict:
+    out = {}
+    for task in cfg.data.tasks:
+        if progress:
+            progress(f"{task}: base model zero-shot")
+        out[task] = run_zero_shot(cfg, task, out_dir / task / "zero_shot", data_dir=data_dir)
+    return out
+
+
+def training_markdown(sanity: dict, hpo: dict, runs: dict, zero_shot: dict | None = None) -> str:
     lines = ["## Training", "", "### Sanity gate (§6)", "", "| task/method | lr | steps | final loss | score | passed |",
              "|---|---|---:|---:|---|---|"]
     for key, v in sanity.items():
@@ -80,11 +90,16 @@ def training_markdown(sanity: dict, hpo: dict, runs: dict) -> str:
         trials = ", ".join(f"{t['lr']:g} → {t['value']:.2f}" for t in h["trials"])
         lines.append(f"| {key} | {trials} | {h['best_lr']:g} |")
     lines += ["", "### Final runs (test split)", ""] + final_table(runs)
+    if zero_shot:
+        lines += ["", "Base model zero-shot, same prompts (§7): " + "; ".join(
+            f"{t} {r['primary']} {r['test'][r['primary']]:.2f}" for t, r in zero_shot.items())]
     return "\n".join(lines) + "\n"
 
 
 def run_training_stage(cfg: StudyConfig, out_dir: Path, *, data_dir=None, progress=None) -> dict:
     sanity = sanity_stage(cfg, out_dir, data_dir=data_dir, progress=progress)
+    zero = zero_shot_stage(cfg, out_dir, data_dir=data_dir, progress=progress)
     hpo = hpo_stage(cfg, out_dir, data_dir=data_dir, progress=progress)
     runs = final_stage(cfg, out_dir, hpo, data_dir=data_dir, progress=progress)
-    return {"sanity": sanity, "hpo": hpo, "runs": runs, "markdown": training_markdown(sanity, hpo, runs)}
+    return {"sanity": sanity, "zero_shot": zero, "hpo": hpo, "runs": runs,
+            "markdown": training_markdown(sanity, hpo, runs, zero)}
