@@ -175,6 +175,8 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
             dt = time.perf_counter() - t0
             record = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss, "lr": lr,
                       "grad_norm": grad_norm, "tokens": tokens * dist.world_size, "step_time_s": round(dt, 4)}
+            if device.type == "cuda":
+                record["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
             result.history.append(record)
             log(record)
             if eval_every and (step % eval_every == 0 or step == total):

@@ -150,7 +150,7 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
             tracker.finish("failed")
             raise
         barrier(dist)
-        if dist.world_size > 1:
+        if dist.strategy != "single":  # under torchrun, whatever the world size
             if not dist.is_main:
                 tracker.finish("completed")
                 return {}
