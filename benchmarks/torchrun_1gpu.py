@@ -66,8 +66,8 @@ def make_mrpc(folder: Path, n: int = 1200) -> None:
 
 
 def run(kind: str, method: str, args, model: Path, data: Path) -> dict:
-    out = args.out / f"{kind}-{method}"
-    shutil.rmtree(out, ignore_errors=True)
+    out = Path("/tmp/lorascope-bench-runs") / f"{kind}-{method}"  # FT run folders hold ~25 GB: not under $OUT
+    shutil.rmtree(out.parent, ignore_errors=True)
     lr = "2e-5" if method == "ft" else "2e-4"
     train = ["train", "--task", "mrpc", "--method", method, "--lr", lr, "--config", "configs/demo.yaml", "--out", str(out),
              f"model.name_or_path={model}", "model.eos_token=null", f"data.data_dir={data}", "data.tasks=[mrpc]",
@@ -98,6 +98,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--tiny", action="store_true", help="a 2-layer model: a CPU smoke test of this script")
+    p.add_argument("--only", nargs="*", default=None, help="run names to run, e.g. fsdp-ft")
     args = p.parse_args()
     if args.tiny:
         SHAPE.update(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
@@ -106,7 +107,8 @@ def main() -> None:
     model, data = Path("/tmp/rand13b-tiny" if args.tiny else "/tmp/rand13b"), Path("/tmp/synth")
     make_model(model)
     make_mrpc(data)
-    rows = [run(kind, method, args, model, data) for method in ("lora", "ft") for kind in ("single", "ddp", "fsdp")]
+    rows = [run(kind, method, args, model, data) for method in ("lora", "ft") for kind in ("single", "ddp", "fsdp")
+            if args.only is None or f"{kind}-{method}" in args.only]
     (args.out / "torchrun_1gpu.json").write_text(json.dumps(rows, indent=2))
     print(f"{'run':<14}{'tok/s':>10}{'peak GiB':>10}{'step s':>9}{'tok/step':>10}")
     for r in rows:

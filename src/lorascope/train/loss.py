@@ -30,15 +30,27 @@ class TargetTokenLoss(nn.Module):
     """``forward(input_ids, attention_mask, labels) -> (sum of target-token NLL, n target tokens)``.
 
     Wrapping this module (not the LM) in DDP keeps DDP's forward hooks on the path that computes the loss.
+
+    ``causal_no_mask=True`` drops the padding mask and lets attention take its causal (``is_causal``) path,
+    which SDPA runs with its fused causal kernels (cuDNN/flash on an H200) instead of the masked one. It is
+    exact for right-padded batches (the loop's ``collate``): in a causal model a real token attends only to
+    earlier positions, all of them real, so the hidden states at real positions — the only ones that predict
+    targets — are the same with or without the mask (``benchmarks/train_throughput.py``: fp32 target logits
+    and real-position hidden states identical, max |Δ| = 0, on CPU and H200). Pad positions then compute
+    values no loss reads. Off by default. Never use it with left padding.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, causal_no_mask: bool = False):
         super().__init__()
         self.model = model
         self.lm = unwrap_causal_lm(model)
+        self.causal_no_mask = causal_no_mask
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
-        hidden = self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (b, T, d)
+        mask_in = None if self.causal_no_mask else attention_mask
+        # use_cache=False: training needs no KV cache (it would only hold tensors and, under torch.compile,
+        # specialise each layer's graph); the outputs are the same either way.
+        hidden = self.lm.model(input_ids=input_ids, attention_mask=mask_in, use_cache=False).last_hidden_state  # (b, T, d)
         shift_labels = labels[:, 1:]  # position t predicts token t+1
         mask = shift_labels != IGNORE_INDEX  # (b, T-1)
         selected = hidden[:, :-1][mask]  # (n_targets, d)

@@ -32,6 +32,7 @@ from lorascope.train.holdout import without_test
 from lorascope.train.loop import LoopSettings, TrainingDiverged, train_loop
 from lorascope.train.loss import TargetTokenLoss
 from lorascope.train.seeds import run_seeds
+from lorascope.train import speed
 from lorascope.train.tracking import Tracker
 
 METHODS = ("ft", "lora", "lora_qv")
@@ -72,6 +73,24 @@ def build_model(cfg: StudyConfig, method: str, init_seed: int, device: torch.dev
     if method != "ft":
         model = apply_lora(model, cfg.lora, init_seed=init_seed, method=method)
     return model
+
+
+def speed_up(model, cfg: StudyConfig, method: str, device: torch.device) -> None:
+    """CUDA only (CPU numerics stay exact): frozen LoRA base weights in bf16 (what autocast computes with
+    anyway) and per-layer torch.compile. Measured in docs/benchmarks.md."""
+    bf16 = cfg.train.bf16_on_cuda and device.type == "cuda"
+    if method != "ft":
+        speed.prepare_lora_for_speed(model, device, bf16)
+    if device.type == "cuda" and cfg.train.compile:
+        speed.compile_layers(model)
+
+
+def eager():
+    """Evaluation (KV-cache decoding, no-grad scoring) runs eagerly: compiled layers would recompile for it."""
+    import contextlib
+
+    stance = getattr(torch.compiler, "set_stance", None)
+    return stance("force_eager") if stance is not None else contextlib.nullcontext()
 
 
 def save_final_model(model, tokenizer, folder: Path, method: str) -> None:
@@ -119,6 +138,7 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
                       extra={"run": spec.__dict__, "data": data.describe()}) if dist.is_main else _nullmanifest() as manifest:
         tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
         model = build_model(cfg, spec.method, seeds.init, device)
+        speed_up(model, cfg, spec.method, device)
         train_enc, dropped = encode_train(tokenizer, data["train"], cfg.data.max_length)
         settings = loop_settings(cfg, spec, device)
         tracker = Tracker(out_dir, cfg.tracking, name=spec.name, group=f"{cfg.name}-{config_hash(cfg)}",
@@ -129,7 +149,7 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
                   max_new_tokens=cfg.data.max_new_tokens, device=device, bf16=settings.bf16)
 
         def validate() -> dict:
-            with root_unsharded(loss_module):
+            with root_unsharded(loss_module), eager():
                 return evaluate(spec.task, model, tokenizer, data["validation"], **ev)[0]
 
         def on_best(step: int, metrics: dict) -> None:
@@ -139,7 +159,8 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
                 (out_dir / "best" / "weights.safetensors.tmp").replace(out_dir / "best" / "weights.safetensors")
                 atomic_write_json(out_dir / "best" / "best.json", {"step": step, "metrics": metrics})
 
-        loss_module = wrap_for_strategy(TargetTokenLoss(model), model, dist, device)
+        # No padding mask on CUDA: exact for right-padded batches, and attention takes its fused causal path.
+        loss_module = wrap_for_strategy(TargetTokenLoss(model, causal_no_mask=device.type == "cuda"), model, dist, device)
         try:
             res = train_loop(loss_module, model, train_enc, settings, seeds, out_dir, pad_id=tokenizer.pad_token_id,
                              device=device, dist=dist, validate=validate, primary=PRIMARY[spec.task], on_best=on_best,
@@ -164,7 +185,8 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
                    "steps": res.steps, "best_step": res.best_step, "validation_best": res.best_metric,
                    "primary": PRIMARY[spec.task], "train_examples": len(train_enc), "train_dropped": len(dropped)}
         if not spec.hpo and dist.is_main:
-            metrics, records = evaluate(spec.task, model, tokenizer, data["test"], **ev)
+            with eager():
+                metrics, records = evaluate(spec.task, model, tokenizer, data["test"], **ev)
             results["test"] = metrics
             atomic_write_text(out_dir / "predictions_test.jsonl", "".join(json.dumps(r) + "\n" for r in records))
         if dist.is_main:
