@@ -157,6 +157,8 @@ class TrackingConfig(_Strict):
 
 class OutputConfig(_Strict):
     root: str = "results/study"
+    # A caveat printed at the top of every summary/report built from this config (e.g. the demo's tiny model).
+    note: str | None = None
 
 
 class StudyConfig(_Strict):

@@ -64,6 +64,8 @@ def _stats_table(stats: dict) -> list[str]:
 
 def summary_markdown(cfg: StudyConfig, results: dict[str, dict], out_dir: Path) -> str:
     lines = [f"# lorascope — {cfg.name}", "", f"Model: `{cfg.model.name_or_path}`; results in `{out_dir}`.", ""]
+    if cfg.output.note:
+        lines += [f"> **Note:** {cfg.output.note}", ""]
     for task, res in results.items():
         d = res["data"]
         lines += [f"## {task} — split `{d['split_scheme']}` (source: {d['source']})", ""]

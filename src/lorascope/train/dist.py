@@ -74,12 +74,6 @@ def all_reduce_sum(t: torch.Tensor, dist: DistInfo) -> torch.Tensor:
     return t
 
 
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    from lorascope.train.loss import unwrap_causal_lm
-
-    return list(unwrap_causal_lm(model).model.layers)
-
-
 def wrap_for_strategy(loss_module: nn.Module, model: nn.Module, dist: DistInfo, device: torch.device) -> nn.Module:
     """DDP: wrap the loss module. FSDP2: shard each decoder layer, then the loss module as the root.
 
@@ -92,6 +86,8 @@ def wrap_for_strategy(loss_module: nn.Module, model: nn.Module, dist: DistInfo, 
         return DDP(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
     if dist.strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
+
+        from lorascope.train.speed import decoder_layers
 
         for layer in decoder_layers(model):
             fully_shard(layer)
