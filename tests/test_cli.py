@@ -167,3 +167,7 @@ def test_run_writes_results_folder(tmp_path: Path, overrides: list[str]) -> None
         runs = list((out / task / "runs").glob("*/results.json"))
         assert len(runs) == 1 and "test" in json.loads(runs[0].read_text())
     assert "Sanity gate" in (out / "summary.md").read_text() and "Final runs" in (out / "summary.md").read_text()
+    weights = json.loads((out / "mrpc" / "weights" / "weights.json").read_text())
+    assert set(weights["runs"]) == {"FT"} and set(weights["dare"]["FT"]["dare"]) == {"0.0", "0.5", "0.9", "0.99"}
+    assert (out / "mrpc" / "weights" / "figures" / "dare_curves.png").stat().st_size > 0
+    assert "Weight structure" in (out / "summary.md").read_text()

@@ -104,6 +104,17 @@ def metrics_squad_v2(data_json: Path = typer.Argument(..., help="SQuAD v2 data i
     print_json(evaluate_official(load_dataset_json(data_json), load_predictions(preds_json)))
 
 
+@app.command("weights")
+@user_errors
+def weights(results_dir: Path = typer.Argument(..., help="A study results folder (with <task>/runs/)."),
+            config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg):
+    """ΔW structure of the final FT and LoRA runs (§9): metrics, intruders, DARE curves, figures."""
+    from lorascope.study.weights_stage import run_weights_stage, weights_markdown
+
+    cfg = resolve_config(config, overrides)
+    console.print(weights_markdown(run_weights_stage(cfg, results_dir)), highlight=False)
+
+
 @app.command("run")
 @user_errors
 def run(config: Path = typer.Argument(..., help="Study YAML, e.g. configs/demo.yaml."),

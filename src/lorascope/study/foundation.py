@@ -82,6 +82,7 @@ def run_foundation(cfg: StudyConfig, out_dir: Path, *, data_dir: str | None = No
                    train: bool = True) -> dict:
     """Data stage for every task, then (``train``) sanity gate, HPO and final runs; writes ``summary.md``."""
     from lorascope.study.training import run_training_stage
+    from lorascope.study.weights_stage import run_weights_stage, weights_markdown
 
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
     with run_manifest(out_dir, cfg, command="run"):
@@ -92,5 +93,8 @@ def run_foundation(cfg: StudyConfig, out_dir: Path, *, data_dir: str | None = No
             training = run_training_stage(cfg, out_dir, data_dir=data_dir, progress=progress)
             summary += "\n" + training["markdown"]
             results["training"] = training
+            weights = run_weights_stage(cfg, out_dir, progress=progress)
+            summary += "\n" + weights_markdown(weights)
+            results["weights"] = weights
         atomic_write_text(out_dir / "summary.md", summary)
     return results

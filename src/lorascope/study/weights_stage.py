@@ -1,0 +1,122 @@
+"""The weight-structure stage (§9): ΔW of FT and LoRA per adapted module, intruders, DARE curves.
+
+For each task it takes replicate-0's FT and LoRA runs of the final grid (the seed is recorded), reports
+the §9 metrics per module and per layer, and re-evaluates the validation metric after DARE (drop a
+fraction p of ΔW's entries, rescale by 1/(1−p)) and after magnitude pruning ΔW to its top k%.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lorascope.config.schema import StudyConfig
+from lorascope.data.load import load_task
+from lorascope.io import atomic_write_json
+from lorascope.manifest import is_completed, run_manifest
+from lorascope.models.load import load_causal_lm
+from lorascope.models.merge import load_adapter
+from lorascope.models.tokenizer import load_tokenizer
+from lorascope.train.evaluate import PRIMARY, evaluate
+from lorascope.train.holdout import without_test
+from lorascope.weights import figures
+from lorascope.weights.dare import apply_delta_transform, dare_transform, magnitude_transform
+from lorascope.weights.delta import ft_deltas, lora_deltas, weights_reports
+
+DROP_FRACTIONS = (0.5, 0.9, 0.99)  # §9 DARE
+KEEP_FRACTIONS = (0.5, 0.1, 0.01)  # magnitude pruning: keep the top 50% / 10% / 1%
+
+
+def final_run(out_dir: Path, task: str, method: str) -> Path | None:
+    """The lowest replicate's completed final run of (task, method)."""
+    runs = sorted((out_dir / task / "runs").glob(f"{task}-{method}-lr*-r*/results.json"),
+                  key=lambda p: int(p.parent.name.rsplit("-r", 1)[1]))
+    return runs[0].parent if runs else None
+
+
+def _tuned_model(cfg: StudyConfig, run: Path, method: str):
+    if method == "ft":
+        return load_causal_lm(cfg.model.model_copy(update={"name_or_path": str(run / "model")}))
+    return load_adapter(cfg.model, run / "adapter").merge_and_unload()
+
+
+def _deltas(cfg: StudyConfig, run: Path, method: str) -> list:
+    base = cfg.model.name_or_path
+    return list(ft_deltas(base, run / "model") if method == "ft" else lora_deltas(run / "adapter", base))
+
+
+def dare_curves(cfg: StudyConfig, task: str, runs: dict[str, Path], *, seed: int, device) -> dict:
+    """Validation primary metric after each ΔW transform, per method (test is never read here)."""
+    data = without_test(load_task(task, cfg.data, seed=cfg.seeds.split, apply_subsample=True))
+    tok = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
+    ev = dict(batch_size=cfg.train.eval_batch_size, max_length=cfg.data.max_length,
+              max_new_tokens=cfg.data.max_new_tokens, device=device, bf16=cfg.train.bf16_on_cuda)
+    curves: dict = {}
+    for label, run in runs.items():
+        method = "ft" if label == "FT" else "lora"
+        model = _tuned_model(cfg, run, method).to(device)
+        deltas = _deltas(cfg, run, method)
+        score = lambda: evaluate(task, model, tok, data["validation"], **ev)[0][PRIMARY[task]]  # noqa: E731
+        tuned_score = score()
+        curves[label] = {"dare": {0.0: tuned_score}, "magnitude": {0.0: tuned_score}}
+        gen = torch.Generator().manual_seed(seed)
+        for p in DROP_FRACTIONS:
+            apply_delta_transform(model, deltas, dare_transform(p, gen))
+            curves[label]["dare"][p] = score()
+        for keep in KEEP_FRACTIONS:
+            apply_delta_transform(model, deltas, magnitude_transform(keep))
+            curves[label]["magnitude"][1.0 - keep] = score()
+    return curves
+
+
+def run_weights_stage(cfg: StudyConfig, out_dir: Path, *, device=None, progress=None) -> dict:
+    device = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    results = {}
+    for task in cfg.data.tasks:
+        runs = {label: final_run(out_dir, task, m) for label, m in (("FT", "ft"), ("LoRA", "lora"))}
+        runs = {k: v for k, v in runs.items() if v is not None}
+        folder = out_dir / task / "weights"
+        if not runs:
+            continue
+        if is_completed(folder, cfg) and (folder / "weights.json").is_file():
+            results[task] = json.loads((folder / "weights.json").read_text())
+            continue
+        with run_manifest(folder, cfg, command=f"weights {task}", extra={"runs": {k: str(v) for k, v in runs.items()}}):
+            if progress:
+                progress(f"{task}: weight structure (§9)")
+            reports = weights_reports({k: _deltas(cfg, v, "ft" if k == "FT" else "lora") for k, v in runs.items()},
+                                      device=device)
+            if progress:
+                progress(f"{task}: DARE / magnitude-pruning curves")
+            curves = dare_curves(cfg, task, runs, seed=cfg.seeds.bootstrap, device=device)
+            figures.singular_spectra(reports, folder / "figures" / "singular_spectra.png")
+            figures.effective_rank_per_layer(reports, folder / "figures" / "effective_rank.png")
+            figures.intruder_counts_per_layer(reports, folder / "figures" / "intruders.png")
+            figures.dare_curves({k: {t: {float(p): v for p, v in c.items()} for t, c in cv.items()} for k, cv in curves.items()},
+                                folder / "figures" / "dare_curves.png", metric_name=f"validation {PRIMARY[task]}")
+            summary = {"task": task, "runs": {k: v.name for k, v in runs.items()},
+                       "layers": {k: r["layers"] for k, r in reports.items()},
+                       "intruders_total": {k: sum(m.get("intruders", 0) or 0 for m in r["modules"]) for k, r in reports.items()},
+                       "dare": {k: {t: {str(p): v for p, v in c.items()} for t, c in cv.items()} for k, cv in curves.items()},
+                       "reports": reports}
+            atomic_write_json(folder / "weights.json", summary)
+        results[task] = summary
+    return results
+
+
+def weights_markdown(results: dict) -> str:
+    lines = ["## Weight structure (§9)", "",
+             "| task | method (run) | ‖ΔW‖/‖W‖ (mean over layers) | effective rank (mean) | intruders | "
+             "DARE p=0.9 / 0.99 (validation) | magnitude keep 10% / 1% |", "|---|---|---|---|---|---|---|"]
+    for task, r in results.items():
+        for label, run in r["runs"].items():
+            layers = r["layers"][label]
+            rel = sum(x["mean_relative_frobenius_norm"] for x in layers) / len(layers)
+            er = sum(x["mean_effective_rank"] for x in layers) / len(layers)
+            d, m = r["dare"][label]["dare"], r["dare"][label]["magnitude"]
+            lines.append(f"| {task} | {label} ({run}) | {rel:.4f} | {er:.1f} | {r['intruders_total'][label]} | "
+                         f"{d['0.0']:.2f} → {d['0.9']:.2f} / {d['0.99']:.2f} | {m['0.9']:.2f} / {m['0.99']:.2f} |")
+    lines += ["", "Figures: `<task>/weights/figures/` (singular spectra, effective rank per layer, intruders, DARE curves)."]
+    return "\n".join(lines) + "\n"
