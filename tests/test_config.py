@@ -92,3 +92,13 @@ def test_defaults_are_the_study():
 def test_parse_overrides_values():
     assert parse_overrides(["a.b=1", "c=[1,2]", "d=true", "e=x y", "f="]) == [
         ("a.b", 1), ("c", [1, 2]), ("d", True), ("e", "x y"), ("f", None)]
+
+
+def test_result_hash_ignores_execution_keys():
+    from lorascope.config import result_hash
+
+    a = load_config(REPO / "configs" / "demo.yaml")
+    b = load_config(REPO / "configs" / "demo.yaml", ["train.strategy=ddp", "tracking.wandb=offline", "output.root=x",
+                                                     "train.checkpoint_every=3", "train.compile=false"])
+    assert result_hash(a) == result_hash(b) and config_hash(a) != config_hash(b)
+    assert result_hash(a) != result_hash(load_config(REPO / "configs" / "demo.yaml", ["train.grad_clip=0.5"]))

@@ -99,7 +99,8 @@ def test_nan_loss_fails_the_run_and_records_nothing(cfg, tmp_path):
 def test_kill_and_resume_gives_identical_weights(cfg, tmp_path, data_dir, model_dir):
     args = ["--task", "mrpc", "--method", "lora", "--lr", "5e-3", "--config", str(REPO / "configs" / "demo.yaml"),
             f"data.data_dir={data_dir}", f"model.name_or_path={model_dir}", *SMALL[:-3],
-            "train.max_steps=14", "train.checkpoint_every=2", "train.evals_per_epoch=1", "data.tasks=[mrpc]"]
+            "train.max_steps=14", "train.epochs={mrpc: 3}", "train.checkpoint_every=2", "train.evals_per_epoch=1",
+            "data.tasks=[mrpc]"]
     cmd = [sys.executable, "-m", "lorascope.cli.main", "train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ref = subprocess.run(cmd + ["--out", str(tmp_path / "ref"), *args], env=env, capture_output=True, text=True)
@@ -201,3 +202,37 @@ def test_zero_shot_base_model(cfg, tmp_path):
     assert res["name"] == "base_zero_shot" and res["test"]["n"] == 12
     preds = (tmp_path / "z" / "predictions_test.jsonl").read_text().splitlines()
     assert len(preds) == 12 and json.loads((tmp_path / "z" / MANIFEST).read_text())["status"] == "completed"
+
+
+def test_folder_of_another_run_is_neither_reused_nor_resumed(cfg, tmp_path):
+    """A completed run's results are returned only for the same spec and config; an unfinished folder of
+    another run refuses to resume instead of mixing two runs."""
+    a = run_training(cfg, RunSpec("mrpc", "ft", 1e-3, 0), tmp_path / "r")
+    with pytest.raises(LorascopeError, match="belongs to another run"):
+        run_training(cfg, RunSpec("mrpc", "ft", 3e-3, 0), tmp_path / "r")  # other lr, same folder
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["run"]["lr"] == 1e-3  # untouched
+    assert a["run"]["lr"] == 1e-3
+    other = cfg.model_copy(deep=True)
+    other.train.grad_clip = 0.5
+    with pytest.raises(LorascopeError, match="belongs to another run"):
+        run_training(other, RunSpec("mrpc", "ft", 1e-3, 0), tmp_path / "r")
+
+
+def test_max_steps_is_a_cap(cfg, tmp_path):
+    c = cfg.model_copy(deep=True)
+    c.train.max_steps = 100  # 40 examples / batch 8 = 5 steps per epoch, 1 epoch
+    res = run_training(c, RunSpec("mrpc", "ft", 1e-3, 0), tmp_path / "m")
+    assert res["steps"] == 5
+
+
+def test_hpo_grid_change_and_divergence(cfg, tmp_path):
+    from lorascope.train import hpo
+
+    c = cfg.model_copy(deep=True)
+    c.ft.lr_grid = [1e-3, 1e12]  # the second lr diverges: recorded, not fatal
+    s = hpo.run_hpo(c, "mrpc", "ft", tmp_path / "h")
+    assert [t["lr"] for t in s["trials"]] == [1e-3, 1e12]
+    assert s["trials"][1]["value"] is None and "diverged" in s["trials"][1]["diverged"] and s["best_lr"] == 1e-3
+    c.ft.lr_grid = [2e-3]  # a new grid in the same folder: only its own trials count
+    s2 = hpo.run_hpo(c, "mrpc", "ft", tmp_path / "h")
+    assert [t["lr"] for t in s2["trials"]] == [2e-3] and s2["best_lr"] == 2e-3

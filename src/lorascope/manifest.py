@@ -127,8 +127,8 @@ def run_manifest(out_dir: str | Path, config: StudyConfig | None, *, command: st
     atomic_write_json(out / MANIFEST, manifest)
 
 
-def is_completed(out_dir: str | Path, config: StudyConfig | None = None) -> bool:
-    """True when the folder's manifest says ``completed`` (and, given ``config``, for that same config)."""
+def is_completed(out_dir: str | Path, config: StudyConfig | None = None, identity: str | None = None) -> bool:
+    """True when the folder's manifest says ``completed`` (and, given ``config`` / ``identity``, for those)."""
     import json
 
     path = Path(out_dir) / MANIFEST
@@ -137,5 +137,7 @@ def is_completed(out_dir: str | Path, config: StudyConfig | None = None) -> bool
     except (OSError, ValueError):
         return False
     if man.get("status") != "completed":
+        return False
+    if identity is not None and man.get("identity") != identity:
         return False
     return config is None or man.get("config_hash") == config_hash(config.model_dump(mode="json"))

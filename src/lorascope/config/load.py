@@ -116,3 +116,21 @@ def config_hash(cfg: StudyConfig | dict, length: int = 16) -> str:
     """Stable SHA-256 (hex prefix) of the resolved config, independent of key order."""
     tree = cfg.model_dump(mode="json") if isinstance(cfg, StudyConfig) else cfg
     return hashlib.sha256(canonical_json(tree).encode()).hexdigest()[:length]
+
+
+# How a run is executed, not what it computes: excluded from ``result_hash`` so that, e.g., a DDP run and a
+# single-process run resume from each other's checkpoints and share results.
+EXECUTION_KEYS = {"train": ("strategy", "compile", "checkpoint_every", "eval_batch_size"),
+                  "tracking": None, "output": None, "hpo": ("storage",)}
+
+
+def result_hash(cfg: StudyConfig, length: int = 16) -> str:
+    """``config_hash`` without the execution-only keys (``EXECUTION_KEYS``)."""
+    tree = cfg.model_dump(mode="json")
+    for section, keys in EXECUTION_KEYS.items():
+        if keys is None:
+            tree.pop(section, None)
+        else:
+            for key in keys:
+                tree.get(section, {}).pop(key, None)
+    return config_hash(tree, length)

@@ -117,7 +117,7 @@ class TrainConfig(_Strict):
     # On CUDA: torch.compile each decoder layer (1.6–2× faster training, ~10–16 s compile; docs/benchmarks.md).
     compile: bool = True
     checkpoint_every: int | None = Field(None, ge=1)  # steps; None = at each validation and at the end
-    # Cap on optimizer steps (None = epochs decide). The demo uses it to stay within minutes on CPU.
+    # Cap on optimizer steps: total = min(max_steps, epochs × steps per epoch); None = epochs decide.
     max_steps: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")

@@ -15,9 +15,10 @@ PRESETS = {
 
 
 def target_modules(cfg: LoRAConfig, method: str = "lora") -> list[str]:
-    if cfg.target_modules:
-        return list(cfg.target_modules)
-    return PRESETS["lora_qv" if method == "lora_qv" else cfg.preset]
+    """``lora_qv`` (the ablation) is always q,v; ``lora`` uses ``target_modules`` if set, else ``preset``."""
+    if method == "lora_qv":
+        return PRESETS["lora_qv"]
+    return list(cfg.target_modules) if cfg.target_modules else PRESETS[cfg.preset]
 
 
 def apply_lora(model, cfg: LoRAConfig, *, init_seed: int, method: str = "lora"):

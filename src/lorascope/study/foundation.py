@@ -45,7 +45,10 @@ def run_task_data_stage(cfg: StudyConfig, task: str, out_dir: Path, *, data_dir:
             length_histogram(lengths, cfg.data.max_length, f"{task} ({data.split_scheme}): token lengths",
                              out_dir / "figures" / "token_lengths.png")
         step(f"{task}: baselines")
-        baselines = run_baselines(data, cfg.baselines, seed=cfg.seeds.baselines)
+        # Scored on the same (possibly subsampled) splits as the tuned models, so the summary compares like
+        # with like; `lorascope baselines` scores the full splits.
+        scored = load_task(task, cfg.data, seed=cfg.seeds.split, data_dir=data_dir, apply_subsample=True)
+        baselines = run_baselines(scored, cfg.baselines, seed=cfg.seeds.baselines)
         atomic_write_json(out_dir / "baselines.json", baselines)
         atomic_write_text(out_dir / "baselines.md", baselines_markdown(baselines))
     return {"data": data.describe(), "leakage": leakage, "stats": stats, "baselines": baselines}
@@ -93,7 +96,7 @@ def run_foundation(cfg: StudyConfig, out_dir: Path, *, data_dir: str | None = No
             training = run_training_stage(cfg, out_dir, data_dir=data_dir, progress=progress)
             summary += "\n" + training["markdown"]
             results["training"] = training
-            weights = run_weights_stage(cfg, out_dir, progress=progress)
+            weights = run_weights_stage(cfg, out_dir, progress=progress, data_dir=data_dir)
             summary += "\n" + weights_markdown(weights)
             results["weights"] = weights
         atomic_write_text(out_dir / "summary.md", summary)

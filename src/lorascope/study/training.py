@@ -87,7 +87,8 @@ def training_markdown(sanity: dict, hpo: dict, runs: dict, zero_shot: dict | Non
                      f"{'yes' if v['passed'] else 'NO'} |")
     lines += ["", "### HPO on validation (§5)", "", "| task/method | lr → validation | chosen |", "|---|---|---|"]
     for key, h in hpo.items():
-        trials = ", ".join(f"{t['lr']:g} → {t['value']:.2f}" for t in h["trials"])
+        trials = ", ".join(f"{t['lr']:g} → " + ("diverged" if t["value"] is None else f"{t['value']:.2f}")
+                           for t in h["trials"])
         lines.append(f"| {key} | {trials} | {h['best_lr']:g} |")
     lines += ["", "### Final runs (test split)", ""] + final_table(runs)
     if zero_shot:

@@ -47,9 +47,9 @@ def _deltas(cfg: StudyConfig, run: Path, method: str) -> list:
     return list(ft_deltas(base, run / "model") if method == "ft" else lora_deltas(run / "adapter", base))
 
 
-def dare_curves(cfg: StudyConfig, task: str, runs: dict[str, Path], *, seed: int, device) -> dict:
+def dare_curves(cfg: StudyConfig, task: str, runs: dict[str, Path], *, seed: int, device, data_dir=None) -> dict:
     """Validation primary metric after each ΔW transform, per method (test is never read here)."""
-    data = without_test(load_task(task, cfg.data, seed=cfg.seeds.split, apply_subsample=True))
+    data = without_test(load_task(task, cfg.data, seed=cfg.seeds.split, data_dir=data_dir, apply_subsample=True))
     tok = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
     ev = dict(batch_size=cfg.train.eval_batch_size, max_length=cfg.data.max_length,
               max_new_tokens=cfg.data.max_new_tokens, device=device, bf16=cfg.train.bf16_on_cuda)
@@ -71,7 +71,7 @@ def dare_curves(cfg: StudyConfig, task: str, runs: dict[str, Path], *, seed: int
     return curves
 
 
-def run_weights_stage(cfg: StudyConfig, out_dir: Path, *, device=None, progress=None) -> dict:
+def run_weights_stage(cfg: StudyConfig, out_dir: Path, *, device=None, progress=None, data_dir=None) -> dict:
     device = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     results = {}
     for task in cfg.data.tasks:
@@ -90,7 +90,7 @@ def run_weights_stage(cfg: StudyConfig, out_dir: Path, *, device=None, progress=
                                       device=device)
             if progress:
                 progress(f"{task}: DARE / magnitude-pruning curves")
-            curves = dare_curves(cfg, task, runs, seed=cfg.seeds.bootstrap, device=device)
+            curves = dare_curves(cfg, task, runs, seed=cfg.seeds.bootstrap, device=device, data_dir=data_dir)
             figures.singular_spectra(reports, folder / "figures" / "singular_spectra.png")
             figures.effective_rank_per_layer(reports, folder / "figures" / "effective_rank.png")
             figures.intruder_counts_per_layer(reports, folder / "figures" / "intruders.png")

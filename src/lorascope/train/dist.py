@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from datetime import timedelta
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,9 @@ def init_distributed(strategy: str) -> tuple[DistInfo, torch.device]:
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not tdist.is_initialized():
-        tdist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
+        # Long timeout: rank 0 alone evaluates the test split after training while the others wait.
+        tdist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None,
+                                 timeout=timedelta(hours=6))
     return DistInfo(rank=rank, world_size=world, local_rank=local, strategy=strategy), device
 
 
@@ -72,6 +75,17 @@ def all_reduce_sum(t: torch.Tensor, dist: DistInfo) -> torch.Tensor:
     t = t.clone()
     tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
     return t
+
+
+def broadcast_bool(value: bool, dist: DistInfo) -> bool:
+    """Rank 0's ``value`` on every rank."""
+    if dist.world_size == 1:
+        return value
+    import torch.distributed as tdist
+
+    t = torch.tensor([1.0 if value else 0.0], device="cuda" if torch.cuda.is_available() else "cpu")
+    tdist.broadcast(t, src=0)
+    return bool(t.item())
 
 
 def wrap_for_strategy(loss_module: nn.Module, model: nn.Module, dist: DistInfo, device: torch.device) -> nn.Module:

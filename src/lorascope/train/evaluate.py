@@ -87,7 +87,7 @@ def score_mrpc(model, tokenizer, examples: Sequence[MrpcExample], *, batch_size:
 
 @torch.no_grad()
 def generate_squad(model, tokenizer, examples: Sequence[SquadExample], *, batch_size: int, max_length: int,
-                   max_new_tokens: int, device: torch.device, bf16: bool = True) -> list[dict]:
+                   max_new_tokens: int, device: torch.device, bf16: bool = True, synced_gpus: bool = False) -> list[dict]:
     """Greedy decoding with a KV cache, left-padded batches, stop at EOS or newline (§4)."""
     lm = unwrap_causal_lm(model)
     stop = [tokenizer.eos_token_id, newline_token_id(tokenizer)]
@@ -104,7 +104,7 @@ def generate_squad(model, tokenizer, examples: Sequence[SquadExample], *, batch_
         with autocast_ctx(device, bf16):
             out = lm.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                               do_sample=False, num_beams=1, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id,
-                              use_cache=True)
+                              use_cache=True, synced_gpus=synced_gpus)
         for i, ex in enumerate(batch):
             gen = out[i, T:].tolist()
             cut = next((j for j, t in enumerate(gen) if t in stop), len(gen))
@@ -115,7 +115,7 @@ def generate_squad(model, tokenizer, examples: Sequence[SquadExample], *, batch_
 
 
 def evaluate(task: str, model, tokenizer, examples: Sequence, *, batch_size: int, max_length: int,
-             max_new_tokens: int, device: torch.device, bf16: bool = True) -> tuple[dict, list[dict]]:
+             max_new_tokens: int, device: torch.device, bf16: bool = True, synced_gpus: bool = False) -> tuple[dict, list[dict]]:
     """Metrics (percent) and per-example records for one split. ``metrics["truncated"]`` counts cut contexts."""
     was_training = model.training
     model.eval()
@@ -125,7 +125,7 @@ def evaluate(task: str, model, tokenizer, examples: Sequence, *, batch_size: int
             metrics = dict(mrpc_metrics([r["label"] for r in recs], [r["pred"] for r in recs]))
         else:
             recs = generate_squad(model, tokenizer, examples, batch_size=batch_size, max_length=max_length,
-                                  max_new_tokens=max_new_tokens, device=device, bf16=bf16)
+                                  max_new_tokens=max_new_tokens, device=device, bf16=bf16, synced_gpus=synced_gpus)
             preds = {r["id"]: r["prediction"] for r in recs}
             metrics = dict(evaluate_examples(list(examples), preds))
             exact, f1 = per_question_scores({ex.id: list(ex.answers) for ex in examples}, preds)

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import yaml
 
+from lorascope.config import result_hash
 from lorascope.config.schema import StudyConfig
 from lorascope.data.load import load_task
 from lorascope.io import atomic_write_json, atomic_write_text
 from lorascope.train.holdout import without_test
+from lorascope.train.loop import TrainingDiverged
 from lorascope.train.run import RunSpec, run_training
 
 
@@ -40,32 +42,49 @@ def run_hpo(cfg: StudyConfig, task: str, method: str, out_dir: Path, *, data_dir
     # Grid mode enqueues every missing grid point (below), so the sampler never chooses; TPE chooses itself.
     sampler = (optuna.samplers.RandomSampler(seed=cfg.seeds.init) if cfg.hpo.sampler == "grid"
                else optuna.samplers.TPESampler(seed=cfg.seeds.init))
-    study = optuna.create_study(study_name=f"{cfg.name}-{task}-{method}", storage=storage, sampler=sampler,
-                                direction="maximize", load_if_exists=True)
+    # The config hash names the study: trials of another config (another grid, model, data...) never count.
+    study = optuna.create_study(study_name=f"{cfg.name}-{task}-{method}-{result_hash(cfg)}", storage=storage,
+                                sampler=sampler, direction="maximize", load_if_exists=True)
 
     def objective(trial) -> float:
         lr = trial.suggest_categorical("lr", grid)
         spec = RunSpec(task, method, lr, replicate=cfg.hpo.replicate, hpo=True)
-        res = run_training(cfg, spec, run_folder(out_dir, spec), data=data, device=device)
         trial.set_user_attr("run", spec.name)
+        try:
+            res = run_training(cfg, spec, run_folder(out_dir, spec), data=data, device=device)
+        except TrainingDiverged as exc:  # a diverging lr is a result of the search, not a crash of it
+            trial.set_user_attr("diverged", str(exc))
+            return float("-inf")
         return float(res["validation_best"])
 
-    budget = cfg.hpo.n_trials or len(grid)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    def complete():
+        return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.params.get("lr") in grid]
+
     if cfg.hpo.sampler == "grid":
-        for lr in grid:  # enqueue what is missing so reruns and parallel workers finish the grid exactly
-            if not any(t.params.get("lr") == lr for t in done):
-                study.enqueue_trial({"lr": lr}, skip_if_exists=True)
-        remaining = len(grid) - len({t.params["lr"] for t in done})
+        # Enqueue each grid point not yet COMPLETE (a killed or failed trial is retried) unless one waits already.
+        waiting = {t.params.get("lr") for t in study.trials if t.state == optuna.trial.TrialState.WAITING}
+        missing = [lr for lr in grid if lr not in {t.params["lr"] for t in complete()}]
+        for lr in missing:
+            if lr not in waiting:
+                study.enqueue_trial({"lr": lr})
+        remaining = len(missing)
     else:
-        remaining = budget - len(done)
+        remaining = (cfg.hpo.n_trials or len(grid)) - len(complete())
     if remaining > 0:
         study.optimize(objective, n_trials=remaining)
-    trials = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.params["lr"])
-    best = max(trials, key=lambda t: (t.value, -t.params["lr"]))  # ties → the smaller lr
+    trials = sorted(complete(), key=lambda t: t.params["lr"])
+    if cfg.hpo.sampler == "grid":  # one entry per grid point (the latest if a point was run twice)
+        trials = sorted({t.params["lr"]: t for t in sorted(complete(), key=lambda t: t.number)}.values(),
+                        key=lambda t: t.params["lr"])
+    finite = [t for t in trials if t.value != float("-inf")]
+    if not finite:
+        raise TrainingDiverged({"step": 0, "loss": float("nan"), "lr": float(grid[0]),
+                                "recent": [f"every lr of the grid diverged for {task}/{method}"]})
+    best = max(finite, key=lambda t: (t.value, -t.params["lr"]))  # ties → the smaller lr
     summary = {"task": task, "method": method, "metric": "validation " + ("accuracy" if task == "mrpc" else "f1"),
                "split_scheme": data.split_scheme, "best_lr": best.params["lr"], "best_value": best.value,
-               "trials": [{"lr": t.params["lr"], "value": t.value, "run": t.user_attrs.get("run")} for t in trials],
+               "trials": [{"lr": t.params["lr"], "value": t.value if t.value != float("-inf") else None,
+                           "run": t.user_attrs.get("run"), "diverged": t.user_attrs.get("diverged")} for t in trials],
                "sampler": cfg.hpo.sampler, "storage": storage}
     atomic_write_json(out_dir / "hpo.json", summary)
     return summary

@@ -9,7 +9,9 @@ gradient of the single large batch. AdamW, linear warmup then linear decay (as H
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from lorascope.data.tokenize import IGNORE_INDEX, Encoded
 from lorascope.errors import LorascopeError
 from lorascope.train.batching import epoch_batches, micro_batches
 from lorascope.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from lorascope.train.dist import DistInfo, all_reduce_sum, grad_sync
+from lorascope.train.dist import DistInfo, all_reduce_sum, broadcast_bool, grad_sync
 from lorascope.train.evaluate import autocast_ctx
 from lorascope.train.seeds import RunSeeds
 from lorascope.train.speed import adamw_kwargs
@@ -60,6 +62,13 @@ class LoopResult:
     best_step: int | None
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+
+
+def _drop_best_beyond(out_dir: Path, step: int) -> None:
+    """``best/`` saved after the checkpoint we resume from belongs to a trajectory that is being redone."""
+    best = out_dir / "best" / "best.json"
+    if best.is_file() and json.loads(best.read_text())["step"] > step:
+        shutil.rmtree(out_dir / "best")
 
 
 def micro_seed(dropout_seed: int, step: int, micro_index: int) -> int:
@@ -106,7 +115,8 @@ def _n_targets(e: Encoded) -> int:
 def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], settings: LoopSettings, seeds: RunSeeds,
                out_dir: Path, *, pad_id: int, device: torch.device, dist: DistInfo = DistInfo(),
                validate: Callable[[], dict] | None = None, primary: str = "accuracy",
-               on_best: Callable[[int, dict], None] | None = None, log: Callable[[dict], None] = lambda r: None) -> LoopResult:
+               on_best: Callable[[int, dict], None] | None = None, log: Callable[[dict], None] = lambda r: None,
+               identity: str | None = None) -> LoopResult:
     """Train ``model`` (through ``loss_module``) on ``train``; resume from ``out_dir/checkpoints`` if present.
 
     ``validate()`` returns validation metrics; the best by ``primary`` triggers ``on_best(step, metrics)``.
@@ -121,7 +131,9 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
     steps_per_epoch = len(epoch_batches(lengths, S.effective_batch, seeds.data, 0))
     if steps_per_epoch == 0:
         raise LorascopeError(f"{len(train)} training examples are fewer than one batch of {S.effective_batch}")
-    total = S.max_steps if S.max_steps is not None else math.ceil(S.epochs * steps_per_epoch)
+    total = math.ceil(S.epochs * steps_per_epoch)
+    if S.max_steps is not None:
+        total = min(total, S.max_steps)  # a cap, never an extension
     eval_every = max(1, round(steps_per_epoch / S.evals_per_epoch)) if S.evals_per_epoch and validate else None
     ckpt_every = S.checkpoint_every or eval_every or total
     optimizer = make_optimizer(model, S.lr, S.weight_decay, device)
@@ -135,7 +147,13 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
         step = 0
         ckpt = latest_checkpoint(ckpt_root)
         if ckpt is not None:
+            saved = json.loads((ckpt / "state.json").read_text())
+            if saved.get("identity") != identity or saved.get("total_steps") != total:
+                raise LorascopeError(
+                    f"{ckpt} belongs to another run (different spec, config or data; or {saved.get('total_steps')} "
+                    f"vs {total} total steps): refusing to resume from it. Use another --out or delete the folder.")
             state = load_checkpoint(ckpt, model, optimizer)
+            _drop_best_beyond(out_dir, state["step"])
             scheduler.load_state_dict(state["scheduler"])
             step, result.best_metric, result.best_step = state["step"], state["best_metric"], state["best_step"]
             result.history = state["history"]
@@ -184,7 +202,8 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
             log(record)
             if eval_every and (step % eval_every == 0 or step == total):
                 metrics = validate()
-                better = result.best_metric is None or metrics[primary] > result.best_metric
+                # Every rank must take the same decision (on_best is collective under FSDP): rank 0's.
+                better = bool(broadcast_bool(result.best_metric is None or metrics[primary] > result.best_metric, dist))
                 if better:
                     result.best_metric, result.best_step = metrics[primary], step
                     if on_best is not None:
@@ -196,7 +215,8 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
             if step % ckpt_every == 0 or step == total or stop:
                 state = {"step": step, "best_metric": result.best_metric, "best_step": result.best_step,
                          "scheduler": scheduler.state_dict(), "history": result.history, "seeds": seeds.as_dict(),
-                         "settings": asdict(S), "steps_per_epoch": steps_per_epoch, "total_steps": total}
+                         "settings": asdict(S), "steps_per_epoch": steps_per_epoch, "total_steps": total,
+                         "identity": identity}
                 save_checkpoint(ckpt_root, step, model, optimizer, state, write=dist.is_main)
             if stop:
                 result.stopped_early = True

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from lorascope.config import config_hash
+from lorascope.config import config_hash, result_hash
 from lorascope.config.schema import StudyConfig
 from lorascope.data.load import load_task
 from lorascope.data.tokenize import encode_train
@@ -118,6 +118,28 @@ def _truncate_metrics_log(out_dir: Path) -> None:
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
+def run_identity(cfg: StudyConfig, spec: RunSpec, data: TaskData) -> str:
+    """What makes a run *this* run: spec, resolved config, and the data (split scheme, sizes, file hashes).
+    A folder's results are reused, and its checkpoints resumed, only for the same identity."""
+    import hashlib
+
+    from lorascope.config.load import canonical_json
+
+    tree = {"spec": spec.__dict__, "config": result_hash(cfg), "data": data.describe(),
+            "files": [f.sha256 for f in data.files]}
+    return hashlib.sha256(canonical_json(tree).encode()).hexdigest()[:16]
+
+
+def check_folder_identity(out_dir: Path, identity: str) -> None:
+    """Refuse to touch a folder that holds another run (before anything in it is overwritten)."""
+    path = out_dir / "manifest.json"
+    if path.is_file():
+        found = json.loads(path.read_text()).get("identity")
+        if found is not None and found != identity:
+            raise LorascopeError(f"{out_dir} belongs to another run (different spec, config or data): "
+                                 "refusing to overwrite or resume it. Use another --out or delete the folder.")
+
+
 def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskData | None = None,
                  data_dir: str | None = None, device: torch.device | None = None, dist: DistInfo = DistInfo()) -> dict:
     """Train, select the best validation checkpoint, evaluate on test (not in HPO). Returns ``results.json``.
@@ -126,16 +148,22 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
     training evaluates test on a fresh unsharded copy of the best weights.
     """
     out_dir = Path(out_dir)
-    if is_completed(out_dir, cfg) and (out_dir / "results.json").is_file():
-        return json.loads((out_dir / "results.json").read_text())
     device = device or default_device()
     seeds = run_seeds(cfg.seeds, spec.replicate)
     if data is None:
         data = load_task(spec.task, cfg.data, seed=cfg.seeds.split, data_dir=data_dir, apply_subsample=True)
     if spec.hpo:
         data = without_test(data)
+    identity = run_identity(cfg, spec, data)
+    if is_completed(out_dir, identity=identity) and (out_dir / "results.json").is_file():
+        return json.loads((out_dir / "results.json").read_text())
+    check_folder_identity(out_dir, identity)
+    if dist.is_main:
+        for stale in ("failed.json", "results.json"):
+            (out_dir / stale).unlink(missing_ok=True)
     with run_manifest(out_dir, cfg, command=f"train {spec.name}", seeds={**cfg.seeds.model_dump(), **seeds.as_dict()},
-                      extra={"run": spec.__dict__, "data": data.describe()}) if dist.is_main else _nullmanifest() as manifest:
+                      extra={"run": spec.__dict__, "data": data.describe(), "identity": identity}) \
+            if dist.is_main else _nullmanifest() as manifest:
         tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
         model = build_model(cfg, spec.method, seeds.init, device)
         speed_up(model, cfg, spec.method, device)
@@ -144,13 +172,15 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
         tracker = Tracker(out_dir, cfg.tracking, name=spec.name, group=f"{cfg.name}-{config_hash(cfg)}",
                           config={"run": spec.__dict__, "settings": settings.__dict__, "seeds": seeds.as_dict()},
                           enabled=dist.is_main)
-        _truncate_metrics_log(out_dir)
+        if dist.is_main:
+            _truncate_metrics_log(out_dir)
+        barrier(dist)
         ev = dict(batch_size=cfg.train.eval_batch_size, max_length=cfg.data.max_length,
                   max_new_tokens=cfg.data.max_new_tokens, device=device, bf16=settings.bf16)
 
         def validate() -> dict:
             with root_unsharded(loss_module), eager():
-                return evaluate(spec.task, model, tokenizer, data["validation"], **ev)[0]
+                return evaluate(spec.task, model, tokenizer, data["validation"], **ev, synced_gpus=dist.world_size > 1)[0]
 
         def on_best(step: int, metrics: dict) -> None:
             weights = trainable_state(model)  # collective under FSDP: every rank gathers
@@ -164,7 +194,7 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
         try:
             res = train_loop(loss_module, model, train_enc, settings, seeds, out_dir, pad_id=tokenizer.pad_token_id,
                              device=device, dist=dist, validate=validate, primary=PRIMARY[spec.task], on_best=on_best,
-                             log=tracker.log)
+                             log=tracker.log, identity=identity)
         except TrainingDiverged as exc:
             if dist.is_main:
                 atomic_write_json(out_dir / "failed.json", {"error": str(exc), **exc.diagnostics}, allow_nan=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lorascope.config import result_hash
 from lorascope.config.schema import StudyConfig
 from lorascope.data.load import load_task
 from lorascope.data.tokenize import encode_train
@@ -53,26 +54,28 @@ def run_sanity(cfg: StudyConfig, task: str, method: str, out_dir: Path, *, data_
                lr: float | None = None, device=None) -> dict:
     """Run the gate for one (task, method); writes ``sanity.json`` and the loss curve. Returns the verdict."""
     out_dir = Path(out_dir)
-    if is_completed(out_dir, cfg) and (out_dir / "sanity.json").is_file():
-        return json.loads((out_dir / "sanity.json").read_text())
-    device = device or default_device()
     sc = cfg.sanity
     lr = lr if lr is not None else sc.lr[method]
+    identity = f"sanity:{task}:{method}:{lr!r}:{result_hash(cfg)}"
+    if is_completed(out_dir, identity=identity) and (out_dir / "sanity.json").is_file():
+        return json.loads((out_dir / "sanity.json").read_text())
+    device = device or default_device()
     seeds = run_seeds(cfg.seeds, 0)
-    with run_manifest(out_dir, cfg, command=f"sanity {task} {method}", extra={"lr": lr}) as manifest:
+    with run_manifest(out_dir, cfg, command=f"sanity {task} {method}", extra={"lr": lr, "identity": identity}) as manifest:
         data = load_task(task, cfg.data, seed=cfg.seeds.split, data_dir=data_dir)
         tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
         examples = pick_examples(data, tokenizer, sc.n_examples, cfg.data.max_length, cfg.seeds.split)
         train_enc, _ = encode_train(tokenizer, examples, cfg.data.max_length)
         model = build_model(cfg, method, seeds.init, device)
-        settings = LoopSettings(lr=lr, weight_decay=0.0, epochs=1, effective_batch=len(train_enc),
+        # One batch = all examples, so "epochs" counts steps; max_steps caps them (§6: 300).
+        settings = LoopSettings(lr=lr, weight_decay=0.0, epochs=sc.max_steps, effective_batch=len(train_enc),
                                 micro_batch=_largest_divisor(len(train_enc), cfg.train.micro_batch),
                                 warmup_ratio=0.0, grad_clip=cfg.train.grad_clip, evals_per_epoch=None,
                                 max_steps=sc.max_steps, checkpoint_every=sc.max_steps, bf16=cfg.train.bf16_on_cuda,
                                 stop_loss=sc.loss_threshold)
         tracker = Tracker(out_dir, cfg.tracking, name=f"sanity-{task}-{method}", config={"lr": lr, "task": task, "method": method})
         res = train_loop(TargetTokenLoss(model), model, train_enc, settings, seeds, out_dir, pad_id=tokenizer.pad_token_id,
-                         device=device, log=tracker.log)
+                         device=device, log=tracker.log, identity=identity)
         metrics, records = evaluate(task, model, tokenizer, examples, batch_size=cfg.train.eval_batch_size,
                                     max_length=cfg.data.max_length, max_new_tokens=cfg.data.max_new_tokens, device=device,
                                     bf16=settings.bf16)
