@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -47,3 +49,20 @@ def atomic_write_json(path: str | Path, obj: Any, *, allow_nan: bool = False) ->
         _check_finite(obj)
     text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=allow_nan, default=str) + "\n"
     return atomic_write_text(path, text)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path):
+    """Yield an empty sibling temp folder to fill; on success it replaces ``path`` (a crash leaves the old one)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from lorascope.config.schema import ModelConfig
+from lorascope.io import atomic_dir
 from lorascope.models.load import load_causal_lm
 from lorascope.models.tokenizer import ModelLoadError, load_tokenizer
 
@@ -24,11 +24,7 @@ def merge_adapter(model_cfg: ModelConfig, adapter_dir: str | Path, out_dir: str 
     """W ← W + (α/r)·B·A for every adapted module; saved with the tokenizer (safetensors), atomically."""
     out_dir = Path(out_dir)
     merged = load_adapter(model_cfg, adapter_dir).merge_and_unload()
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    load_tokenizer(model_cfg.name_or_path, model_cfg.revision, model_cfg.eos_token).save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        load_tokenizer(model_cfg.name_or_path, model_cfg.revision, model_cfg.eos_token).save_pretrained(tmp)
     return out_dir

@@ -21,6 +21,7 @@ from lorascope.models.merge import load_adapter
 from lorascope.models.tokenizer import load_tokenizer
 from lorascope.train.evaluate import PRIMARY, evaluate
 from lorascope.train.holdout import without_test
+from lorascope.train.run import default_device
 from lorascope.weights import figures
 from lorascope.weights.dare import apply_delta_transform, dare_transform, magnitude_transform
 from lorascope.weights.delta import ft_deltas, lora_deltas, weights_reports
@@ -72,7 +73,7 @@ def dare_curves(cfg: StudyConfig, task: str, runs: dict[str, Path], *, seed: int
 
 
 def run_weights_stage(cfg: StudyConfig, out_dir: Path, *, device=None, progress=None, data_dir=None) -> dict:
-    device = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    device = device or default_device()
     results = {}
     for task in cfg.data.tasks:
         runs = {label: final_run(out_dir, task, m) for label, m in (("FT", "ft"), ("LoRA", "lora"))}

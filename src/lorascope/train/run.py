@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
 from lorascope.config import config_hash, result_hash
 from lorascope.config.schema import StudyConfig
@@ -20,12 +21,12 @@ from lorascope.data.load import load_task
 from lorascope.data.tokenize import encode_train
 from lorascope.data.types import TaskData
 from lorascope.errors import LorascopeError
-from lorascope.io import atomic_write_json, atomic_write_text
+from lorascope.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from lorascope.manifest import is_completed, run_manifest
 from lorascope.models.load import load_causal_lm
 from lorascope.models.lora import apply_lora
 from lorascope.models.tokenizer import load_tokenizer
-from lorascope.train.checkpoint import load_trainable_state, trainable_state
+from lorascope.train.checkpoint import latest_checkpoint, load_trainable_state, trainable_state
 from lorascope.train.dist import DistInfo, barrier, root_unsharded, wrap_for_strategy
 from lorascope.train.evaluate import PRIMARY, evaluate
 from lorascope.train.holdout import without_test
@@ -95,25 +96,19 @@ def eager():
 
 def save_final_model(model, tokenizer, folder: Path, method: str) -> None:
     """LoRA: the adapter in PEFT format (loadable by PEFT and vLLM); FT: a full HF model folder."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
-    if method == "ft":
-        tokenizer.save_pretrained(tmp)
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if method == "ft":
+            tokenizer.save_pretrained(tmp)
 
 
 def _truncate_metrics_log(out_dir: Path) -> None:
     """After a resume, drop log lines past the checkpoint (they are recomputed identically)."""
     path = out_dir / "metrics.jsonl"
-    ckpt_state = out_dir / "checkpoints"
-    pointer = ckpt_state / "LATEST"
-    if not path.is_file() or not pointer.is_file():
+    ckpt = latest_checkpoint(out_dir / "checkpoints")
+    if not path.is_file() or ckpt is None:
         return
-    step = json.loads((ckpt_state / pointer.read_text().strip() / "state.json").read_text())["step"]
+    step = json.loads((ckpt / "state.json").read_text())["step"]
     keep = [ln for ln in path.read_text().splitlines() if json.loads(ln).get("step", 0) <= step]
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
@@ -185,8 +180,7 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
         def on_best(step: int, metrics: dict) -> None:
             weights = trainable_state(model)  # collective under FSDP: every rank gathers
             if dist.is_main:
-                save_file(weights, _tmp(out_dir / "best" / "weights.safetensors"))
-                (out_dir / "best" / "weights.safetensors.tmp").replace(out_dir / "best" / "weights.safetensors")
+                atomic_write_bytes(out_dir / "best" / "weights.safetensors", save_safetensors(weights))
                 atomic_write_json(out_dir / "best" / "best.json", {"step": step, "metrics": metrics})
 
         # No padding mask on CUDA: exact for right-padded batches, and attention takes its fused causal path.
@@ -226,11 +220,6 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
             manifest["results"] = {k: results[k] for k in ("validation_best", "best_step", "steps")}
         tracker.finish("completed")
     return results
-
-
-def _tmp(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(path.name + ".tmp")
 
 
 class _nullmanifest:
