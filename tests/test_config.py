@@ -102,3 +102,15 @@ def test_result_hash_ignores_execution_keys():
                                                      "train.checkpoint_every=3", "train.compile=false"])
     assert result_hash(a) == result_hash(b) and config_hash(a) != config_hash(b)
     assert result_hash(a) != result_hash(load_config(REPO / "configs" / "demo.yaml", ["train.grad_clip=0.5"]))
+
+
+def test_analysis_sections_do_not_change_the_training_identity():
+    from lorascope.config import result_hash, section_hash
+
+    base = load_config(None, [])
+    changed = load_config(None, ["serve.requests=5", "drift.batch_size=3", "stats.equivalence_margin=2",
+                                 "executor.kind=ray"])
+    assert result_hash(base) == result_hash(changed)
+    assert section_hash(base, "drift") != section_hash(changed, "drift")
+    assert section_hash(base, "serve") != section_hash(changed, "serve")
+    assert section_hash(base, "drift") != section_hash(load_config(None, ["ft.lr_grid=[1e-5]"]), "drift")

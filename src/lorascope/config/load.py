@@ -121,12 +121,18 @@ def config_hash(cfg: StudyConfig | dict, length: int = 16) -> str:
 # How a run is executed, not what it computes: excluded from ``result_hash`` so that, e.g., a DDP run and a
 # single-process run resume from each other's checkpoints and share results.
 EXECUTION_KEYS = {"train": ("strategy", "compile", "checkpoint_every", "eval_batch_size"),
-                  "tracking": None, "output": None, "hpo": ("storage",)}
+                  "tracking": None, "output": None, "hpo": ("storage",), "executor": None}
+# Analysis stages downstream of training: changing them must not invalidate (or re-run) a trained model,
+# so ``result_hash`` — the training runs' identity — leaves them out; each analysis stage keys its own
+# outputs with ``section_hash`` over what it reads.
+DOWNSTREAM_SECTIONS = ("drift", "serve", "stats")
 
 
 def result_hash(cfg: StudyConfig, length: int = 16) -> str:
-    """``config_hash`` without the execution-only keys (``EXECUTION_KEYS``)."""
+    """``config_hash`` without the execution-only keys (``EXECUTION_KEYS``) and the analysis sections."""
     tree = cfg.model_dump(mode="json")
+    for section in DOWNSTREAM_SECTIONS:
+        tree.pop(section, None)
     for section, keys in EXECUTION_KEYS.items():
         if keys is None:
             tree.pop(section, None)
@@ -134,3 +140,10 @@ def result_hash(cfg: StudyConfig, length: int = 16) -> str:
             for key in keys:
                 tree.get(section, {}).pop(key, None)
     return config_hash(tree, length)
+
+
+def section_hash(cfg: StudyConfig, *sections: str, length: int = 16) -> str:
+    """Hash of the training identity (``result_hash``) plus the named downstream sections, e.g. ``"drift"``:
+    an analysis output is stale when either the models it reads or its own settings changed."""
+    tree = cfg.model_dump(mode="json")
+    return config_hash({"training": result_hash(cfg, length=64), **{s: tree[s] for s in sections}}, length)

@@ -161,6 +161,53 @@ class OutputConfig(_Strict):
     note: str | None = None
 
 
+class DriftConfig(_Strict):
+    """Representation drift (§8): probe prompts through the base and every tuned model."""
+
+    poolings: list[Literal["mean", "last", "token"]] = ["mean", "last", "token"]
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(512, ge=8)  # probe prompts are cut here (equal for base and tuned)
+    rbf_sigma_factor: float = Field(0.8, gt=0)  # σ = factor × median pairwise distance (§8)
+    rbf_max_n: int = Field(4096, ge=2)  # RBF CKA needs n×n Gram matrices: pooled features only, n ≤ this
+    forgetting_texts: int = Field(200, ge=1)  # out-of-task texts for the LM-loss forgetting proxy
+    bf16_on_cuda: bool = True
+
+
+class ServeConfig(_Strict):
+    """Deployment benchmark (§10): scenarios × batch sizes × backends."""
+
+    backends: list[Literal["hf-peft", "native", "vllm"]] = ["hf-peft", "native"]
+    scenarios: list[str] = ["base", "merged", "unmerged-1", "multi-2", "multi-4", "multi-8"]
+    batch_sizes: list[int] = [1, 2, 4, 8, 16]
+    output_modes: list[Literal["fixed", "natural"]] = ["fixed", "natural"]
+    new_tokens: int = Field(64, ge=2)
+    requests: int = Field(30, ge=1)  # timed requests per cell (§10: ≥ 30)
+    warmup: int = Field(2, ge=0)
+    correctness_prompts: int = Field(4, ge=1)
+    perturb_scale: float = Field(0.1, ge=0)  # relative noise on the copies of the task adapters (multi-k)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    cuda_graphs: bool = True
+
+
+class StatsConfig(_Strict):
+    """Statistics and success criteria (§11, §12)."""
+
+    confidence: float = Field(0.95, gt=0, lt=1)
+    bootstrap_resamples: int = Field(10_000, ge=100)
+    equivalence_margin: float = Field(3.0, gt=0)  # points (criterion A, TOST)
+    drift_reduction_threshold: float = Field(0.2, gt=0)  # criterion B
+    overhead_threshold: float = Field(0.3, gt=0)  # criterion C
+
+
+class ExecutorConfig(_Strict):
+    """How ``lorascope run`` executes the study DAG (§14). Execution only: never part of a result's hash."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None  # ray: cluster address ("auto" inside a cluster); None = start a local Ray
+    parallel: int = Field(1, ge=1)  # local: jobs at once (CPU-only jobs; GPU jobs one per device)
+    max_retries: int = Field(3, ge=0)  # ray: a job whose node died is retried this many times
+
+
 class StudyConfig(_Strict):
     """The whole study. ``name`` labels outputs; everything else is grouped by stage."""
 
@@ -176,3 +223,7 @@ class StudyConfig(_Strict):
     hpo: HPOConfig = HPOConfig()
     tracking: TrackingConfig = TrackingConfig()
     output: OutputConfig = OutputConfig()
+    drift: DriftConfig = DriftConfig()
+    serve: ServeConfig = ServeConfig()
+    stats: StatsConfig = StatsConfig()
+    executor: ExecutorConfig = ExecutorConfig()
