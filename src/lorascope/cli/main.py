@@ -115,6 +115,34 @@ def weights(results_dir: Path = typer.Argument(..., help="A study results folder
     console.print(weights_markdown(run_weights_stage(cfg, results_dir)), highlight=False)
 
 
+@app.command("drift")
+@user_errors
+def drift(results_dir: Path = typer.Argument(..., help="A study results folder (with <task>/runs/)."),
+          task: Optional[str] = typer.Option(None, "--task", help="One task (default: every task of the config)."),
+          config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] = DataDirOpt,
+          overrides: Optional[list[str]] = OverridesArg):
+    """Representation drift of every final run vs the base model (§8): per-layer CKA / cosine tables,
+    figures (FT vs LoRA, in- vs out-of-task), drift and drift reduction, the forgetting proxy."""
+    from lorascope.study.drift_stage import drift_markdown, run_drift_stage
+
+    cfg = resolve_config(config, overrides)
+    results = {}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        job = bar.add_task("starting", total=None)
+        for t in [task] if task else cfg.data.tasks:
+            res = run_drift_stage(cfg, results_dir, t, data_dir=data_dir,
+                                  progress=lambda msg: bar.update(job, description=msg))
+            if res is None:
+                console.print(f"[yellow]{t}: no completed final runs in {results_dir / t / 'runs'}[/]")
+            else:
+                results[t] = res
+    if not results:
+        raise typer.Exit(1)
+    console.print(drift_markdown(results), highlight=False)
+    for t in results:
+        console.print(f"tables and figures: {results_dir / t / 'drift'}")
+
+
 @app.command("run")
 @user_errors
 def run(config: Path = typer.Argument(..., help="Study YAML, e.g. configs/demo.yaml."),

@@ -170,6 +170,8 @@ class DriftConfig(_Strict):
     rbf_sigma_factor: float = Field(0.8, gt=0)  # σ = factor × median pairwise distance (§8)
     rbf_max_n: int = Field(4096, ge=2)  # RBF CKA needs n×n Gram matrices: pooled features only, n ≤ this
     forgetting_texts: int = Field(200, ge=1)  # out-of-task texts for the LM-loss forgetting proxy
+    # Tuned models held at once next to the base (each pass re-runs the base): memory vs base forwards.
+    models_per_pass: int = Field(4, ge=1)
     bf16_on_cuda: bool = True
 
 

@@ -28,3 +28,12 @@ def merge_adapter(model_cfg: ModelConfig, adapter_dir: str | Path, out_dir: str 
         merged.save_pretrained(tmp, safe_serialization=True)
         load_tokenizer(model_cfg.name_or_path, model_cfg.revision, model_cfg.eos_token).save_pretrained(tmp)
     return out_dir
+
+
+def load_tuned(model_cfg: ModelConfig, run_dir: str | Path, method: str, device="cpu"):
+    """A final run's model for analysis: FT's saved model, or LoRA merged into the base (equal outputs to
+    the unmerged adapter up to rounding — tested — and one matmul per layer cheaper)."""
+    run_dir = Path(run_dir)
+    if method == "ft":
+        return load_causal_lm(model_cfg.model_copy(update={"name_or_path": str(run_dir / "model")}), device)
+    return load_adapter(model_cfg, run_dir / "adapter", device).merge_and_unload()

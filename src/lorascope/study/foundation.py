@@ -85,6 +85,7 @@ def run_foundation(cfg: StudyConfig, out_dir: Path, *, data_dir: str | None = No
                    train: bool = True) -> dict:
     """Data stage for every task, then (``train``) sanity gate, HPO and final runs; writes ``summary.md``."""
     from lorascope.study.training import run_training_stage
+    from lorascope.study.drift_stage import drift_markdown, run_drift_stage
     from lorascope.study.weights_stage import run_weights_stage, weights_markdown
 
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
@@ -99,5 +100,11 @@ def run_foundation(cfg: StudyConfig, out_dir: Path, *, data_dir: str | None = No
             weights = run_weights_stage(cfg, out_dir, progress=progress, data_dir=data_dir)
             summary += "\n" + weights_markdown(weights)
             results["weights"] = weights
+            drift = {task: run_drift_stage(cfg, out_dir, task, data_dir=data_dir, progress=progress)
+                     for task in cfg.data.tasks}
+            drift = {task: r for task, r in drift.items() if r is not None}
+            if drift:
+                summary += "\n" + drift_markdown(drift)
+            results["drift"] = drift
         atomic_write_text(out_dir / "summary.md", summary)
     return results

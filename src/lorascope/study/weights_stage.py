@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
+from lorascope.config import result_hash
 from lorascope.config.schema import StudyConfig
 from lorascope.data.load import load_task
 from lorascope.io import atomic_write_json
 from lorascope.manifest import is_completed, run_manifest
-from lorascope.models.load import load_causal_lm
-from lorascope.models.merge import load_adapter
+from lorascope.models.merge import load_tuned
 from lorascope.models.tokenizer import load_tokenizer
 from lorascope.train.evaluate import PRIMARY, evaluate
 from lorascope.train.holdout import without_test
@@ -37,12 +37,6 @@ def final_run(out_dir: Path, task: str, method: str) -> Path | None:
     return runs[0].parent if runs else None
 
 
-def _tuned_model(cfg: StudyConfig, run: Path, method: str):
-    if method == "ft":
-        return load_causal_lm(cfg.model.model_copy(update={"name_or_path": str(run / "model")}))
-    return load_adapter(cfg.model, run / "adapter").merge_and_unload()
-
-
 def _deltas(cfg: StudyConfig, run: Path, method: str) -> list:
     base = cfg.model.name_or_path
     return list(ft_deltas(base, run / "model") if method == "ft" else lora_deltas(run / "adapter", base))
@@ -57,7 +51,7 @@ def dare_curves(cfg: StudyConfig, task: str, runs: dict[str, Path], *, seed: int
     curves: dict = {}
     for label, run in runs.items():
         method = "ft" if label == "FT" else "lora"
-        model = _tuned_model(cfg, run, method).to(device)
+        model = load_tuned(cfg.model, run, method).to(device)
         deltas = _deltas(cfg, run, method)
         score = lambda: evaluate(task, model, tok, data["validation"], **ev)[0][PRIMARY[task]]  # noqa: E731
         tuned_score = score()
@@ -81,10 +75,13 @@ def run_weights_stage(cfg: StudyConfig, out_dir: Path, *, device=None, progress=
         folder = out_dir / task / "weights"
         if not runs:
             continue
-        if is_completed(folder, cfg) and (folder / "weights.json").is_file():
+        # Keyed by what it reads (the runs and the training config), not the whole config: a change to the
+        # serving or drift settings must not redo this stage.
+        identity = f"weights:{result_hash(cfg)}:" + ",".join(f"{k}={v.name}" for k, v in sorted(runs.items()))
+        if is_completed(folder, identity=identity) and (folder / "weights.json").is_file():
             results[task] = json.loads((folder / "weights.json").read_text())
             continue
-        with run_manifest(folder, cfg, command=f"weights {task}", extra={"runs": {k: str(v) for k, v in runs.items()}}):
+        with run_manifest(folder, cfg, command=f"weights {task}", extra={"runs": {k: str(v) for k, v in runs.items()}, "identity": identity}):
             if progress:
                 progress(f"{task}: weight structure (§9)")
             reports = weights_reports({k: _deltas(cfg, v, "ft" if k == "FT" else "lora") for k, v in runs.items()},
