@@ -32,3 +32,7 @@ class LeakageError(DataError):
 
 class MetricInputError(LorascopeError):
     """Predictions and references do not line up (a missing id, a bad label)."""
+
+
+class StatsInputError(LorascopeError):
+    """Input to a statistic is degenerate or malformed (too few values, NaN, zero variance, unequal lengths)."""

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from lorascope.cli import similarity_cmd, train_cmds
+from lorascope.cli import similarity_cmd, stats_cmd, train_cmds
 from lorascope.cli.common import console, print_json, resolve_config, user_errors
 from lorascope.config import config_hash
 
@@ -21,6 +21,7 @@ app.add_typer(metrics_app, name="metrics")
 app.add_typer(config_app, name="config")
 train_cmds.register(app)
 similarity_cmd.register(app)
+stats_cmd.register(app)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Study YAML (default: configs/demo.yaml if present).")
 DataDirOpt = typer.Option(None, "--data-dir", help="Local mirror folder (else $LORASCOPE_DATA_DIR, else config).")

@@ -1,0 +1,89 @@
+"""The serving part of the stats stage (STUDY.md §10, §12 C): overhead of every unmerged scenario over
+``merged`` (same backend, batch size, output mode), for p95 e2e latency and for 1/throughput, with
+percentile-bootstrap CIs over requests; criterion C from every unmerged scenario (``unmerged-1`` and each
+``multi-k``: RQ2 asks what serving several adapters side by side costs), output mode ``fixed``, p95 latency.
+Per backend and batch size C needs the *largest* overhead over those scenarios ≤ threshold; its interval
+is [max of the lower bounds, max of the upper bounds], which contains the maximum whenever each scenario's
+interval contains its own overhead."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lorascope.config.schema import StatsConfig
+from lorascope.errors import StatsInputError
+from lorascope.stats.overhead import overhead, overhead_inverse_throughput
+from lorascope.stats.seeds import child_rng
+from lorascope.stats.verdict import criterion_c
+
+REFERENCE = "merged"
+NOT_TREATMENTS = ("base", "merged")
+CRITERION_C = {"output_mode": "fixed", "metric": "p95_latency"}  # scenarios: every one but base / merged
+
+
+def _columns(cell: dict) -> tuple[np.ndarray, np.ndarray]:
+    reqs = cell.get("requests") or []
+    try:
+        e2e = np.array([r["e2e_s"] for r in reqs], dtype=np.float64)
+        tokens = np.array([r["out_tokens"] for r in reqs], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StatsInputError(f"request rows lack e2e_s/out_tokens ({exc})") from None
+    return e2e, tokens
+
+
+def _key(cell: dict) -> tuple[str, str, int, str]:
+    return (str(cell.get("backend")), str(cell.get("scenario")), int(cell.get("batch_size", -1)),
+            str(cell.get("output_mode")))
+
+
+def _one(metric: str, t: dict, r: dict, cfg: StatsConfig, seed: int, label: str) -> dict[str, Any]:
+    rng = child_rng(seed, f"{label}/{metric}")
+    try:
+        (te, tk), (re_, rk) = _columns(t), _columns(r)
+        if metric == "p95_latency":
+            return overhead(te, re_, "p95", resamples=cfg.bootstrap_resamples, rng=rng, confidence=cfg.confidence)
+        return overhead_inverse_throughput(te, tk, re_, rk, resamples=cfg.bootstrap_resamples, rng=rng,
+                                           confidence=cfg.confidence)
+    except StatsInputError as exc:
+        return {"metric": metric, "estimate": None, "ci": None, "note": str(exc)}
+
+
+def _envelope(rows: list[dict], backend: str, batch_size: int) -> tuple[float, float] | None:
+    """Interval for the largest overhead over the unmerged scenarios; None if any of them lacks a CI."""
+    cis = [r["ci"] for r in rows if r["backend"] == backend and r["batch_size"] == batch_size
+           and all(r[k] == v for k, v in CRITERION_C.items())]
+    if not cis or any(ci is None for ci in cis):
+        return None
+    return (max(ci[0] for ci in cis), max(ci[1] for ci in cis))
+
+
+def serve_summary(cells: list[dict] | None, why_missing: str | None, cfg: StatsConfig, *, seed: int,
+                  batch_sizes: list[int]) -> dict:
+    """Overhead rows for every ok treatment cell, and criterion C. ``cells`` None: C is missing."""
+    if cells is None:
+        c = criterion_c(None, batch_sizes=batch_sizes, threshold=cfg.overhead_threshold)
+        c["reason"] = why_missing or c["reason"]
+        return {"overheads": [], "criterion_c": c, "notes": []}
+    notes = [f"cell {_key(c)} status {c.get('status')}" for c in cells if c.get("status") != "ok"]
+    ok = {_key(c): c for c in cells if c.get("status") == "ok"}
+    rows = []
+    for key, cell in sorted(ok.items()):
+        backend, scenario, bs, mode = key
+        if scenario in NOT_TREATMENTS:
+            continue
+        base = {"backend": backend, "scenario": scenario, "batch_size": bs, "output_mode": mode,
+                "reference": REFERENCE}
+        ref = ok.get((backend, REFERENCE, bs, mode))
+        for metric in ("p95_latency", "inverse_throughput"):
+            if ref is None:
+                rows.append({**base, "metric": metric, "estimate": None, "ci": None,
+                             "note": "no ok merged cell at this backend, batch size and output mode"})
+            else:
+                rows.append({**base, **_one(metric, cell, ref, cfg, seed, "/".join(map(str, key)))})
+    backends = sorted({_key(c)[0] for c in cells})
+    c_input = {b: {bs: _envelope(rows, b, bs) for bs in batch_sizes} for b in backends}
+    c = criterion_c(c_input, batch_sizes=batch_sizes, threshold=cfg.overhead_threshold)
+    c.update({**CRITERION_C, "scenarios": sorted({r["scenario"] for r in rows})})
+    return {"overheads": rows, "criterion_c": c, "notes": notes}
