@@ -36,3 +36,7 @@ class MetricInputError(LorascopeError):
 
 class StatsInputError(LorascopeError):
     """Input to a statistic is degenerate or malformed (too few values, NaN, zero variance, unequal lengths)."""
+
+
+class ReportError(LorascopeError):
+    """A results file the report reads is corrupt (not JSON, wrong shape). The message names the file."""

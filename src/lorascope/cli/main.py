@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from lorascope.cli import similarity_cmd, stats_cmd, train_cmds
+from lorascope.cli import report_cmd, run_cmd, similarity_cmd, stats_cmd, train_cmds
 from lorascope.cli.common import console, print_json, resolve_config, user_errors
 from lorascope.config import config_hash
 
@@ -21,7 +21,9 @@ app.add_typer(metrics_app, name="metrics")
 app.add_typer(config_app, name="config")
 train_cmds.register(app)
 similarity_cmd.register(app)
+run_cmd.register(app)
 stats_cmd.register(app)
+report_cmd.register(app)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Study YAML (default: configs/demo.yaml if present).")
 DataDirOpt = typer.Option(None, "--data-dir", help="Local mirror folder (else $LORASCOPE_DATA_DIR, else config).")
@@ -142,23 +144,6 @@ def drift(results_dir: Path = typer.Argument(..., help="A study results folder (
     console.print(drift_markdown(results), highlight=False)
     for t in results:
         console.print(f"tables and figures: {results_dir / t / 'drift'}")
-
-
-@app.command("run")
-@user_errors
-def run(config: Path = typer.Argument(..., help="Study YAML, e.g. configs/demo.yaml."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Results folder (default: output.root)."),
-        data_dir: Optional[Path] = DataDirOpt, overrides: Optional[list[str]] = OverridesArg):
-    """Run the study on a config and write a results folder with a manifest and a summary."""
-    from lorascope.study.foundation import run_foundation
-
-    cfg = resolve_config(config, overrides)
-    out_dir = out or Path(cfg.output.root)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
-        job = bar.add_task("starting", total=None)
-        run_foundation(cfg, out_dir, data_dir=data_dir, progress=lambda msg: bar.update(job, description=msg))
-    console.print(f"[bold green]done[/] — summary: {out_dir / 'summary.md'}")
-    print(out_dir / "summary.md")
 
 
 if __name__ == "__main__":

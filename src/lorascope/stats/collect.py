@@ -11,7 +11,6 @@ Layout (STUDY.md §14; written by the training, drift and serve stages):
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,33 +51,29 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"cannot read JSON ({exc})", path=str(path)) from None
 
 
-def load_training(out_dir: Path, task: str) -> Training:
-    """Completed, non-HPO runs of ``task``. Per method only one learning rate is kept: the one with the
-    most completed replicates (ties: the smaller lr); others are noted."""
-    found: dict[str, dict[float, dict[int, Run]]] = defaultdict(lambda: defaultdict(dict))
+def load_training(out_dir: Path, task: str, replicates: list[int] | None = None) -> Training:
+    """Completed final runs of ``task`` at each method's selected learning rate (``study.selection``: the
+    HPO choice, else the lr with the most replicates); runs at other learning rates are noted."""
+    from lorascope.study.selection import final_runs
+
     result = Training()
+    selected = final_runs(out_dir, task, replicates)
+    chosen = {r["path"] for r in selected}
     for res_path in sorted((out_dir / task / "runs").glob("*/results.json")):
-        folder = res_path.parent
-        if not is_completed(folder):
-            result.notes.append(f"{folder.name}: manifest not completed, skipped")
-            continue
+        if res_path.parent not in chosen:
+            why = "manifest not completed" if not is_completed(res_path.parent) else "not a selected final run"
+            result.notes.append(f"{res_path.parent.name}: {why}, skipped")
+    for sel in selected:
+        res_path = sel["path"] / "results.json"
         res = _read_json(res_path)
-        spec = res.get("run", {})
-        if spec.get("hpo"):
-            continue
         try:
-            run = Run(name=folder.name, task=spec["task"], method=spec["method"], lr=float(spec["lr"]),
-                      replicate=int(spec["replicate"]), primary=res["primary"], path=folder,
+            run = Run(name=sel["name"], task=task, method=sel["method"], lr=sel["lr"], replicate=sel["replicate"],
+                      primary=res["primary"], path=sel["path"],
                       test={k: float(v) for k, v in res["test"].items()
                             if k not in NON_METRIC and isinstance(v, (int, float))})
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"results.json lacks a field ({exc})", path=str(res_path)) from None
-        found[run.method][run.lr][run.replicate] = run
-    for method, by_lr in sorted(found.items()):
-        lr = min(by_lr, key=lambda v: (-len(by_lr[v]), v))
-        result.runs[method] = by_lr[lr]
-        for other in sorted(set(by_lr) - {lr}):
-            result.notes.append(f"{task}/{method}: lr {other} ignored (lr {lr} has more completed replicates)")
+        result.runs.setdefault(run.method, {})[run.replicate] = run
     return result
 
 

@@ -65,7 +65,7 @@ def finite_or_none(obj: Any, notes: list[str], where: str = "$") -> Any:
 
 def task_stats(cfg: StudyConfig, out_dir: Path, task: str, serve: dict) -> dict:
     """Everything for one task: descriptive, tests (p_holm not yet set), drift, power, criteria, verdict."""
-    training = load_training(out_dir, task)
+    training = load_training(out_dir, task, cfg.seeds.replicates)
     reps = pairs(training, VERDICT_METHOD)
     drops = None
     if reps:

@@ -34,23 +34,12 @@ from lorascope.manifest import is_completed, run_manifest
 from lorascope.models.load import load_causal_lm
 from lorascope.models.merge import load_tuned
 from lorascope.models.tokenizer import load_tokenizer
+from lorascope.study.selection import final_runs
 from lorascope.train.run import default_device
 
 OTHER_TASK = {"mrpc": "squad_v2", "squad_v2": "mrpc"}
 CSV_FIELDS = ("run", "method", "replicate", "probe", "pooling", "layer", "n", "linear_cka", "linear_cka_debiased",
               "rbf_cka", "cosine_mean", "cosine_ci95", "cosine_standardized_mean", "cosine_standardized_ci95")
-
-
-def final_runs(out_dir: Path, task: str) -> list[dict]:
-    """Completed final runs of ``task`` (any method), ordered by method then replicate."""
-    runs = []
-    for res in (out_dir / task / "runs").glob(f"{task}-*-lr*-r*/results.json"):
-        if not is_completed(res.parent):
-            continue
-        spec = json.loads(res.read_text())["run"]
-        runs.append({"name": res.parent.name, "path": res.parent, "method": spec["method"],
-                     "replicate": int(spec["replicate"])})
-    return sorted(runs, key=lambda r: (r["method"], r["replicate"]))
 
 
 def _probes(cfg: StudyConfig, task: str, data_dir) -> tuple[dict[str, ProbeSet], list[str], dict]:
@@ -167,7 +156,7 @@ def run_drift_stage(cfg: StudyConfig, out_dir: Path, task: str, *, data_dir=None
                     progress=None) -> dict | None:
     """Drift for every completed final run of ``task``; None when there is no run yet."""
     out_dir = Path(out_dir)
-    runs = final_runs(out_dir, task)
+    runs = final_runs(out_dir, task, cfg.seeds.replicates)
     if not runs:
         return None
     folder = out_dir / task / "drift"

@@ -19,6 +19,7 @@ from lorascope.io import atomic_write_json
 from lorascope.manifest import is_completed, run_manifest
 from lorascope.models.merge import load_tuned
 from lorascope.models.tokenizer import load_tokenizer
+from lorascope.study.selection import final_runs
 from lorascope.train.evaluate import PRIMARY, evaluate
 from lorascope.train.holdout import without_test
 from lorascope.train.run import default_device
@@ -30,11 +31,10 @@ DROP_FRACTIONS = (0.5, 0.9, 0.99)  # §9 DARE
 KEEP_FRACTIONS = (0.5, 0.1, 0.01)  # magnitude pruning: keep the top 50% / 10% / 1%
 
 
-def final_run(out_dir: Path, task: str, method: str) -> Path | None:
-    """The lowest replicate's completed final run of (task, method)."""
-    runs = sorted((out_dir / task / "runs").glob(f"{task}-{method}-lr*-r*/results.json"),
-                  key=lambda p: int(p.parent.name.rsplit("-r", 1)[1]))
-    return runs[0].parent if runs else None
+def final_run(cfg: StudyConfig, out_dir: Path, task: str, method: str) -> Path | None:
+    """The lowest replicate's completed final run of (task, method), at the selected learning rate."""
+    runs = [r for r in final_runs(out_dir, task, cfg.seeds.replicates) if r["method"] == method]
+    return runs[0]["path"] if runs else None
 
 
 def _deltas(cfg: StudyConfig, run: Path, method: str) -> list:
@@ -70,7 +70,7 @@ def run_weights_stage(cfg: StudyConfig, out_dir: Path, *, device=None, progress=
     device = device or default_device()
     results = {}
     for task in cfg.data.tasks:
-        runs = {label: final_run(out_dir, task, m) for label, m in (("FT", "ft"), ("LoRA", "lora"))}
+        runs = {label: final_run(cfg, out_dir, task, m) for label, m in (("FT", "ft"), ("LoRA", "lora"))}
         runs = {k: v for k, v in runs.items() if v is not None}
         folder = out_dir / task / "weights"
         if not runs:

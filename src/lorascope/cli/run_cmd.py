@@ -1,0 +1,129 @@
+"""``lorascope run STUDY.yaml`` (the whole study as a DAG, locally or on Ray) and ``lorascope plan STUDY.yaml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lorascope.cli.common import console, print_json, resolve_config, user_errors
+
+STATES = ("skipped", "completed", "failed", "cancelled")
+
+
+class StudyProgress:
+    """Jobs done / running / pending and the names of the running jobs (plus the stage's own message)."""
+
+    def __init__(self, bar: Progress, total: int) -> None:
+        self.bar, self.total = bar, total
+        self.counts = dict.fromkeys(STATES, 0)
+        self.running: list[str] = []
+        self.message = ""
+        self.task = bar.add_task("starting", total=total)
+
+    def event(self, event: str, job, outcome) -> None:
+        if event == "started":
+            self.running.append(job.name)
+        else:
+            self.counts[event] += 1
+            if job.name in self.running:
+                self.running.remove(job.name)
+            if event == "failed":
+                error = (outcome or {}).get("error")
+                self.bar.console.print(f"[bold red]failed[/] {job.name}: {error}", highlight=False)
+        self.refresh()
+
+    def stage_message(self, msg: str) -> None:
+        self.message = msg
+        self.refresh()
+
+    def refresh(self) -> None:
+        c = self.counts
+        finished = sum(c.values())
+        pending = self.total - finished - len(self.running)
+        head = (f"done {c['completed']} · skipped {c['skipped']} · running {len(self.running)} · pending {pending}"
+                + (f" · [red]failed {c['failed']} · cancelled {c['cancelled']}[/]" if c["failed"] else ""))
+        now = ", ".join(self.running[:4]) + (" …" if len(self.running) > 4 else "")
+        tail = f"\n  running: {now}" if now else ""
+        tail += f"\n  {self.message}" if self.message and self.running else ""
+        self.bar.update(self.task, completed=finished, description=head + tail)
+
+
+def _plan_tables(est: dict, dag) -> list[Table]:
+    stages = Table(title="Stages", show_lines=False)
+    for col in ("stage", "jobs", "roles", "GPU-hours (est.)"):
+        stages.add_column(col, justify="right" if col in ("jobs", "GPU-hours (est.)") else "left")
+    for kind, s in est["stages"].items():
+        stages.add_row(kind, str(s["jobs"]), ", ".join(s["roles"]), f"{s['gpu_hours']:.3g}")
+    stages.add_row("[bold]total[/]", str(len(est["jobs"])), "", f"[bold]{est['total_gpu_hours']:.3g}[/]")
+    jobs = Table(title="Jobs (topological order)")
+    for col in ("job", "role", "GPUs", "depends on", "key"):
+        jobs.add_column(col, no_wrap=col in ("job", "key"))
+    for j in est["jobs"]:
+        deps = j["deps"] if len(j["deps"]) <= 2 else [j["deps"][0], f"+{len(j['deps']) - 1} more"]
+        jobs.add_row(j["name"], j["role"], f"{j['num_gpus']:g}", ", ".join(deps) or "—", dag[j["name"]].key[:10])
+    return [stages, jobs]
+
+
+def register(app: typer.Typer) -> None:
+    overrides_arg = typer.Argument(None, help="Dotted KEY=VALUE overrides, e.g. data.max_length=256.")
+
+    @app.command("run")
+    @user_errors
+    def run(config: Path = typer.Argument(..., help="Study YAML, e.g. configs/demo.yaml."),
+            executor: Optional[str] = typer.Option(None, "--executor", help="local or ray (default: executor.kind)."),
+            out: Optional[Path] = typer.Option(None, "--out", help="Results folder (default: output.root)."),
+            parallel: Optional[int] = typer.Option(None, "--parallel", min=1,
+                                                   help="Local executor: jobs at once (default: executor.parallel)."),
+            data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local data mirror folder."),
+            overrides: Optional[list[str]] = overrides_arg):
+        """Run the whole study as a DAG of jobs; skips what is done, resumes what is not; writes summary.md."""
+        from lorascope.study.dag import job_record
+        from lorascope.study.engine import run_study
+        from lorascope.study.jobs import build_study_dag
+
+        cfg = resolve_config(config, overrides)
+        out_dir = out or Path(cfg.output.root)
+        dag = build_study_dag(cfg, out_dir)
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=console) as bar:
+            view = StudyProgress(bar, len(dag))
+            outcome, summary = run_study(cfg, out_dir, executor=executor, parallel=parallel,
+                                         data_dir=str(data_dir) if data_dir else None, on_event=view.event,
+                                         progress=view.stage_message, dag=dag)
+        skipped = outcome.count("skipped")
+        if skipped:
+            console.print(f"skipped {skipped} of {len(dag)} jobs already done (same key)")
+        record = job_record(out_dir, "report") if "report" in dag.jobs else None
+        report = ((record or {}).get("result") or {}).get("path")
+        final = out_dir / report if report else summary
+        console.print(f"[bold green]done[/] — summary: {summary}; results database: {out_dir / 'results.db'}"
+                      + (f"; report: {final}" if report else ""))
+        print(final)
+
+    @app.command("plan")
+    @user_errors
+    def plan(config: Path = typer.Argument(..., help="Study YAML."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
+             overrides: Optional[list[str]] = overrides_arg):
+        """The study's jobs per stage, their dependencies and roles, and an estimated GPU-hour budget."""
+        from lorascope.study.jobs import build_study_dag
+        from lorascope.study.plan import estimate
+
+        cfg = resolve_config(config, overrides)
+        dag = build_study_dag(cfg, Path(cfg.output.root))
+        est = estimate(cfg, dag)
+        if as_json:
+            print_json(est)
+            return
+        out = Console()
+        for table in _plan_tables(est, dag):
+            out.print(table)
+        out.print("[bold]Cost model assumptions[/] (lorascope/study/plan.py):")
+        for line in est["assumptions"]:
+            out.print(f"  - {line}", highlight=False)

@@ -1,0 +1,154 @@
+"""Report sections that conclude: the verdict (§12), the reproducibility manifest (§13), limitations."""
+
+from __future__ import annotations
+
+from lorascope.report import fmt
+from lorascope.report.blocks import Badge, Callout, Section, Table
+from lorascope.report.common import describe_missing, needs, study_config
+from lorascope.stats.verdict import STATES, kleene_and
+
+PROTOCOL_SEEDS, PROTOCOL_PROBES = 5, 1000
+
+
+def _criterion_estimate(name: str, c: dict) -> str:
+    if name == "A":
+        return fmt.est_ci(c.get("estimate"), c.get("ci"))
+    if name == "B":
+        return fmt.est_ci(c.get("estimate"), c.get("ci"), fmt.pct)
+    return ", ".join(c.get("backend") or []) or fmt.NONE
+
+
+def verdict(results: dict) -> Section:
+    s = Section("verdict", "Verdict: A ∧ (B ∨ C) (STUDY.md §12)")
+    stats = results.get("stats") or {}
+    tasks = list(results["tasks"]) or list((stats.get("tasks") or {}))
+    if not needs(s, results, ("stats",)) or not tasks:
+        s.blocks.append(Table(["task", "A: drop ≤ margin", "B: drift reduction", "C: serving overhead", "verdict"],
+                              [[t, Badge("missing"), Badge("missing"), Badge("missing"), Badge("missing")]
+                               for t in tasks]))
+        return s
+    rows, detail, states = [], [], []
+    for task in tasks:
+        v = ((stats.get("tasks") or {}).get(task) or {}).get("verdict") or {}
+        crit = v.get("criteria") or {}
+        state = v.get("state", "missing")
+        states.append(state if state in STATES else "missing")
+        rows.append([task] + [Badge((crit.get(k) or {}).get("state", "missing")) for k in "ABC"]
+                    + [Badge(state), v.get("reason", "no verdict in stats.json")])
+        for k in "ABC":
+            c = crit.get(k) or {}
+            detail.append([task, f"{k} ({c.get('stage', '?')})", Badge(c.get("state", "missing")),
+                           _criterion_estimate(k, c), c.get("reason", fmt.NONE)])
+    overall = kleene_and(*states) if states else "missing"
+    s.blocks.append(Table(["task", "A: drop ≤ margin", "B: drift reduction", "C: serving overhead", "verdict", "why"],
+                          rows + [["all tasks", "", "", "", Badge(overall), "every task must meet A ∧ (B ∨ C)"]]))
+    s.blocks.append(Table(["task", "criterion", "state", "estimate [95% CI]", "reason"], detail,
+                          "A: drop = FT − LoRA primary metric (points), met when the upper 95% bound ≤ margin. "
+                          "B: drift reduction 1 − D_LoRA/D_FT (in-task, mean pooling), met when the lower bound ≥ "
+                          "threshold. C: overhead of every unmerged scenario over merged ≤ threshold at every batch "
+                          "size, per backend (the deciding backend is named). Inconclusive and missing propagate."))
+    return s
+
+
+def _short(commit: str | None) -> str:
+    return (commit or fmt.NONE)[:12]
+
+
+def provenance_mismatches(results: dict) -> list[str]:
+    """Stage manifests made with another config hash than the study's, or from a dirty / other git commit."""
+    man = results.get("manifest") or {}
+    want, commit = man.get("config_hash"), (man.get("git") or {}).get("commit")
+    manifests = [m for t in results["tasks"].values() for m in t["manifests"]] + results["global_manifests"]
+    other_cfg = sorted(rel for rel, m in manifests if want and m.get("config_hash") not in (None, want))
+    other_git = sorted(rel for rel, m in manifests
+                       if commit and (m.get("git") or {}).get("commit") not in (None, commit)
+                       or (m.get("git") or {}).get("dirty"))
+    out = []
+    if other_cfg:
+        out.append(f"made with another config hash than the study's ({want}): {', '.join(other_cfg)}")
+    if other_git:
+        out.append(f"made from another git commit or a dirty tree: {', '.join(other_git)}")
+    return out
+
+
+def reproducibility(results: dict) -> Section:
+    s = Section("reproducibility", "Reproducibility manifest (STUDY.md §13)")
+    man = results.get("manifest") or {}
+    if not needs(s, results, ("manifest",)):
+        return s
+    git, hw = man.get("git") or {}, man.get("hardware") or {}
+    gpu = hw.get("gpu") or {}
+    s.blocks.append(Table(["item", "value"], [
+        ["config hash", fmt.plain(man.get("config_hash"))], ["lorascope", fmt.plain(man.get("lorascope_version"))],
+        ["git commit", f"{git.get('commit', fmt.NONE)} ({'dirty' if git.get('dirty') else 'clean'})"],
+        ["Python", fmt.plain(man.get("python"))], ["CPU", f"{hw.get('cpu', fmt.NONE)} × {hw.get('cpu_count', '?')}"],
+        ["GPU", f"{gpu.get('name')} × {gpu.get('count')}, {gpu.get('memory_gib')} GiB" if gpu else "none"],
+        ["CUDA / driver", f"{fmt.plain(hw.get('torch_cuda'))} / {fmt.plain(hw.get('driver'))}"],
+        ["platform", fmt.plain(hw.get("platform"))], ["status", fmt.plain(man.get("status"))],
+        ["started", fmt.plain(man.get("started"))], ["finished", fmt.plain(man.get("finished"))]]))
+    stage_rows = []
+    for task, t in results["tasks"].items():
+        for rel, m in t["manifests"]:
+            stage_rows.append([rel, str(m.get("command")), str(m.get("status")), fmt.plain(m.get("started")),
+                               fmt.plain(m.get("finished")), fmt.plain(m.get("config_hash")),
+                               _short((m.get("git") or {}).get("commit")) + (" dirty" if (m.get("git") or {})
+                                                                            .get("dirty") else "")])
+    for rel, m in results["global_manifests"]:
+        stage_rows.append([rel, str(m.get("command")), str(m.get("status")), fmt.plain(m.get("started")),
+                           fmt.plain(m.get("finished")), fmt.plain(m.get("config_hash")),
+                           _short((m.get("git") or {}).get("commit"))])
+    mismatches = provenance_mismatches(results)
+    if mismatches:
+        s.blocks.append(Callout("missing", "Provenance differs between stages", mismatches))
+    if stage_rows:
+        s.blocks.append(Table(["folder", "command", "status", "started", "finished", "config hash", "git"],
+                              stage_rows, "Stage manifests (each output folder records how it was made)."))
+    files = sorted({(f.get("path"), f.get("sha256"), f.get("bytes")) for t in results["tasks"].values()
+                    for f in ((t.get("manifest") or {}).get("data_files") or []) + (man.get("data_files") or [])},
+                   key=lambda f: str(f[0]))
+    if files:
+        s.blocks.append(Table(["data file", "sha256", "bytes"], [[str(p), str(h), fmt.plain(b)] for p, h, b in files]))
+    return s
+
+
+def _subsample_notes(results: dict) -> list[str]:
+    notes = set()
+    for task, t in results["tasks"].items():
+        for src in (t.get("data"), t.get("baselines"), *((r.get("data") or {}) for r in t["runs"][:1])):
+            for n in (src or {}).get("notes") or []:
+                if "subsampled" in n:
+                    notes.add(f"{task}: {n}")
+    return sorted(notes)
+
+
+def limitations(results: dict) -> Section:
+    s = Section("limitations", "Limitations")
+    cfg, items = study_config(results), []
+    model = str((cfg.get("model") or {}).get("name_or_path", ""))
+    if "stories260k" in model.lower():
+        items.append("The model is stories260K, a 260K-parameter Llama trained on children's stories: every number "
+                     "here illustrates the pipeline only and says nothing about LoRA vs FT at 1.3B (STUDY.md §2).")
+    for task, t in results["tasks"].items():
+        if (t.get("data") or {}).get("split_scheme") == "dev-only":
+            items.append(f"{task}: 'dev-only' split (the offline mirror holds only the official dev set, split by "
+                         "article): numbers are not comparable to published SQuAD v2 results.")
+        seeds = sorted({(r.get("run") or {}).get("replicate") for r in t["runs"]} - {None})
+        if 0 < len(seeds) < PROTOCOL_SEEDS:
+            items.append(f"{task}: {len(seeds)} seeds (protocol: {PROTOCOL_SEEDS}, minimum 3): low statistical power.")
+        power = ((((results.get("stats") or {}).get("tasks") or {}).get(task) or {}).get("power") or {}).get("text")
+        if power:
+            items.append(f"{task} power: {power}.")
+        n_probe = (((t.get("drift") or {}).get("probes") or {}).get("in_task") or {}).get("n")
+        if isinstance(n_probe, int) and n_probe < PROTOCOL_PROBES:
+            items.append(f"{task}: drift probe sets of {n_probe} inputs (protocol: {PROTOCOL_PROBES}).")
+        truncated = max((int((r.get("test") or {}).get("truncated") or 0) for r in t["runs"]), default=0)
+        if truncated:
+            n_test = (t["runs"][0].get("test") or {})
+            items.append(f"{task}: up to {truncated} of {n_test.get('n', n_test.get('total', '?'))} test prompts "
+                         "per run had their context cut to fit the max length (§4).")
+    items += _subsample_notes(results) + provenance_mismatches(results)
+    items += [f"Missing: {describe_missing(m)}" for m in results["missing"]]
+    items += list(results.get("notes") or []) + [f"stats: {n}" for n in (results.get("stats") or {}).get("notes") or []]
+    s.blocks.append(Callout("note", "Read the results with these in mind", items or ["none recorded"]))
+    return s
+

@@ -1,0 +1,101 @@
+"""``run_study``: build the DAG, execute it locally or on Ray, record everything in the store, write the summary.
+
+The driver is the only writer of ``results.db``: every outcome (from this process, a worker process or a
+Ray task) comes back here and is recorded and ingested by ``record_outcome``. A study with a failed job
+raises ``StudyFailed`` (after independent jobs finished) and its top-level manifest says ``failed``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from lorascope.config.schema import StudyConfig
+from lorascope.errors import LorascopeError
+from lorascope.manifest import run_manifest
+from lorascope.study.dag import Dag, Job
+from lorascope.study.executors import EventFn, StudyFailed, StudyOutcome, execute
+from lorascope.study.ingest import ingest_job
+from lorascope.study.store import ResultsStore
+
+
+def make_backend(cfg: StudyConfig, out_dir: Path, *, kind: str | None = None, parallel: int | None = None,
+                 data_dir: str | None = None, progress: Callable[[str], None] | None = None):
+    kind = kind or cfg.executor.kind
+    if kind == "local":
+        from lorascope.study.executor_local import local_backend
+
+        return local_backend(cfg, out_dir, parallel=parallel, data_dir=data_dir, progress=progress)
+    if kind == "ray":
+        from lorascope.study.executor_ray import RayBackend
+
+        return RayBackend(cfg, out_dir, data_dir=data_dir)
+    raise LorascopeError(f"unknown executor {kind!r}: expected local or ray")
+
+
+def recorder(store: ResultsStore, out_dir: Path, on_event: EventFn | None = None,
+             ingest_errors: list[str] | None = None) -> EventFn:
+    """An ``on_event`` that records each job's state in the store (and ingests outputs), then forwards.
+
+    An output that cannot be ingested is recorded (status ``ingest_failed``) and listed in ``ingest_errors``
+    rather than raised: the driver must keep collecting the other jobs' outcomes."""
+
+    def ingest(job: Job, outcome: dict) -> None:
+        try:
+            ingest_job(store, out_dir, job, outcome)
+        except Exception as exc:  # noqa: BLE001 — reported at the end of the study
+            msg = f"{job.name}: outputs could not be ingested: {type(exc).__name__}: {exc}"
+            store.record_job(job, "ingest_failed", {**outcome, "error": msg})
+            if ingest_errors is not None:
+                ingest_errors.append(msg)
+
+    def handle(event: str, job: Job, outcome: dict | None) -> None:
+        if event == "started":
+            store.record_job(job, "running")
+        elif event == "skipped":
+            if store.job_status(job.key) != "completed":  # e.g. a rebuilt database: ingest the old outputs
+                ingest(job, outcome or {"status": "completed"})
+        elif event == "completed":
+            ingest(job, outcome or {})
+        else:  # failed, cancelled
+            store.record_job(job, event, outcome)
+        if on_event:
+            on_event(event, job, outcome)
+
+    return handle
+
+
+def run_dag(cfg: StudyConfig, dag: Dag, out_dir: str | Path, backend, *, on_event: EventFn | None = None,
+            store: ResultsStore | None = None) -> StudyOutcome:
+    """Execute ``dag`` with ``backend``, recording into ``store`` (default ``<out>/results.db``)."""
+    out_dir = Path(out_dir)
+    own = store is None
+    store = store or ResultsStore.for_study(out_dir)
+    errors: list[str] = []
+    try:
+        outcome = execute(dag, backend, out_dir, on_event=recorder(store, out_dir, on_event, errors))
+        outcome.ingest_errors = errors
+        return outcome
+    finally:
+        if own:
+            store.close()
+
+
+def run_study(cfg: StudyConfig, out_dir: str | Path, *, executor: str | None = None, parallel: int | None = None,
+              data_dir: str | None = None, on_event: EventFn | None = None,
+              progress: Callable[[str], None] | None = None, dag: Dag | None = None) -> tuple[StudyOutcome, Path]:
+    """The whole study; returns the outcome and the path of ``summary.md``. Raises ``StudyFailed`` on failures."""
+    from lorascope.study.jobs import build_study_dag
+    from lorascope.study.summary import write_summary
+
+    out_dir = Path(out_dir)
+    dag = dag or build_study_dag(cfg, out_dir)
+    kind = executor or cfg.executor.kind
+    with run_manifest(out_dir, cfg, command="run", extra={"executor": kind, "jobs": len(dag)}) as manifest:
+        backend = make_backend(cfg, out_dir, kind=kind, parallel=parallel, data_dir=data_dir, progress=progress)
+        outcome = run_dag(cfg, dag, out_dir, backend, on_event=on_event)
+        manifest["job_status"] = {s: outcome.count(s) for s in ("skipped", "completed", "failed", "cancelled")}
+        if outcome.failed or outcome.ingest_errors:
+            raise StudyFailed(outcome.error_message() + f"\njob records: {out_dir / 'jobs'}/<job>/manifest.json")
+        summary = write_summary(cfg, dag, out_dir)
+    return outcome, summary
