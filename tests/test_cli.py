@@ -153,10 +153,17 @@ def test_config_show_prints_hash(overrides: list[str]) -> None:
 def test_run_writes_results_folder(tmp_path: Path, overrides: list[str]) -> None:
     out = tmp_path / "x"
     tiny = ["train.methods=[ft]", "seeds.replicates=[0]", "ft.lr_grid=[1.0e-3]", "train.max_steps=2",
-            "data.subsample={train: 48, validation: 8, test: 8}"]
+            "data.subsample={train: 48, validation: 8, test: 8}", "data.probe_size=12", "drift.forgetting_texts=8",
+            "stats.bootstrap_resamples=200", "serve.requests=2", "serve.warmup=0", "serve.batch_sizes=[1]",
+            "serve.scenarios=[base,merged]", "serve.new_tokens=4"]
     result = invoke("run", CONFIG, "--out", out, *overrides, *tiny)
     assert result.exit_code == 0, all_output(result)
-    assert result.stdout.strip().splitlines()[-1] == str(out / "summary.md")
+    assert result.stdout.strip().splitlines()[-1] == str(out / "report" / "report.html")
+    assert "Verdict" in (out / "report" / "report.html").read_text(encoding="utf-8")
+    for task in ("mrpc", "squad_v2"):
+        drift = json.loads((out / task / "drift" / "drift.json").read_text())
+        assert {s["run"] for s in drift["scores"]} == {f"{task}-ft-lr0.001-r0"}
+    assert json.loads((out / "stats" / "stats.json").read_text())["verdicts"]
     assert "dev-only" in (out / "summary.md").read_text(encoding="utf-8")
     for folder in (out, out / "mrpc", out / "squad_v2"):
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
