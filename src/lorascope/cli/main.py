@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from lorascope.cli import report_cmd, run_cmd, similarity_cmd, stats_cmd, train_cmds
+from lorascope.cli import report_cmd, run_cmd, serve_cmd, similarity_cmd, stats_cmd, train_cmds
 from lorascope.cli.common import console, print_json, resolve_config, user_errors
 from lorascope.config import config_hash
 
@@ -23,6 +23,7 @@ train_cmds.register(app)
 similarity_cmd.register(app)
 run_cmd.register(app)
 stats_cmd.register(app)
+serve_cmd.register(app)
 report_cmd.register(app)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Study YAML (default: configs/demo.yaml if present).")

@@ -1,0 +1,182 @@
+"""The ``native`` backend: prefill, then a decode loop over a static KV cache, CUDA graphs on GPU.
+
+A decode step is captured once per (batch size, masked?) into a ``torch.cuda.CUDAGraph`` whose inputs and
+outputs are static buffers; the step itself advances the token, position and cache column buffers, so
+the host loop only replays the graph (and, with ``stop_at_eos``, reads one flag per step). Per-token times
+come from CUDA events recorded after each step (host clock on CPU), so timing adds no synchronisation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from lorascope.serve.adapters import LoraWeights
+from lorascope.serve.native_model import KVCache, NativeLlama
+from lorascope.serve.types import Generation, ServeError, cut_at_eos
+
+
+@dataclass
+class _State:
+    """Static buffers of one batch size (reused by every call, and by the captured graph)."""
+
+    cache: KVCache
+    tok: torch.Tensor  # (B, 1) current input token
+    pos: torch.Tensor  # (B, 1) rope position of the current token
+    col: torch.Tensor  # (1,) cache column to write
+    step: torch.Tensor  # (1,) output column
+    valid: torch.Tensor  # (B, S) which cache columns each row may attend to
+    out: torch.Tensor  # (B, max_new) generated tokens
+    done: torch.Tensor  # (B,) row has produced EOS
+    masks: dict[int, torch.Tensor] | None
+    graphs: dict[bool, torch.cuda.CUDAGraph] = field(default_factory=dict)
+
+
+class NativeBackend:
+    name = "native"
+
+    def __init__(self, hf_model, *, adapters: list[LoraWeights] | None = None, merge: LoraWeights | None = None,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", eos_id: int | None = None,
+                 pad_id: int = 0, max_prompt: int = 256, max_new: int = 64, cuda_graphs: bool = True):
+        self.model = NativeLlama(hf_model, adapters=adapters, merge=merge, dtype=dtype, device=device)
+        self.device = self.model.device
+        self.eos_id, self.pad_id = eos_id, pad_id
+        self.max_prompt, self.max_new = max_prompt, max_new
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self._states: dict[int, _State] = {}
+
+    # ----- state ---------------------------------------------------------------------------------------
+    def _state(self, batch: int, masked: bool) -> _State:
+        st = self._states.get(batch)
+        if st is None:
+            dev, seq = self.device, self.max_prompt + self.max_new
+            z = lambda *shape, dtype=torch.long: torch.zeros(shape, device=dev, dtype=dtype)  # noqa: E731
+            st = _State(cache=KVCache(self.model, batch, seq), tok=z(batch, 1), pos=z(batch, 1), col=z(1),
+                        step=z(1), valid=z(batch, seq, dtype=torch.bool), out=z(batch, self.max_new),
+                        done=z(batch, dtype=torch.bool), masks=None)
+            self._states[batch] = st
+        if masked and st.masks is None:
+            st.masks = self.model.slot_masks(torch.zeros(batch, dtype=torch.long, device=self.device))
+            if st.masks is None:  # k == 0: nothing to mask
+                st.masks = {}
+        return st
+
+    def _decode_step(self, st: _State, masked: bool) -> None:
+        """One token for every row; all inputs and outputs are ``st``'s buffers (graph-capturable)."""
+        st.valid.index_fill_(1, st.col, True)
+        nxt = self.model.forward(st.tok, st.pos, st.cache, st.col, st.valid[:, None, None, :],
+                                 (st.masks or None) if masked else None)
+        st.out.index_copy_(1, st.step, nxt[:, None])
+        if self.eos_id is not None:
+            st.done |= nxt == self.eos_id
+        st.tok.copy_(nxt[:, None])
+        st.pos += 1
+        st.col += 1
+        st.step += 1
+
+    def _graph(self, st: _State, masked: bool) -> torch.cuda.CUDAGraph:
+        """Capture once per (batch, masked); warm up on a side stream first, as the PyTorch docs require."""
+        if masked not in st.graphs:
+            saved = [t.clone() for t in (st.tok, st.pos, st.col, st.step, st.valid, st.out, st.done)]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._decode_step(st, masked)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._decode_step(st, masked)
+            for buf, old in zip((st.tok, st.pos, st.col, st.step, st.valid, st.out, st.done), saved):
+                buf.copy_(old)
+            st.graphs[masked] = graph
+        return st.graphs[masked]
+
+    # ----- generation ----------------------------------------------------------------------------------
+    def _slots(self, adapter_ids: Sequence[int | None] | None, batch: int) -> torch.Tensor | None:
+        if adapter_ids is None:
+            return None
+        if not self.model.k and any(a is not None for a in adapter_ids):
+            raise ServeError("this engine was started without adapters")
+        if any(a is not None and not 0 <= a < self.model.k for a in adapter_ids):
+            raise ServeError(f"adapter id out of range 0..{self.model.k - 1}: {list(adapter_ids)}")
+        return torch.tensor([0 if a is None else a + 1 for a in adapter_ids], device=self.device)
+
+    def _prefill(self, st: _State, prompts: Sequence[Sequence[int]], masked: bool) -> None:
+        """Left-padded prompts; rope positions count real tokens only (as HF generate with an attention mask)."""
+        bsz, t = len(prompts), max(len(p) for p in prompts)
+        if t > self.max_prompt:
+            raise ServeError(f"prompt of {t} tokens exceeds the engine's budget of {self.max_prompt}")
+        ids = torch.full((bsz, t), self.pad_id, dtype=torch.long)
+        real = torch.zeros((bsz, t), dtype=torch.bool)
+        for i, p in enumerate(prompts):
+            ids[i, t - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+            real[i, t - len(p):] = True
+        ids, real = ids.to(self.device), real.to(self.device)
+        pos = (real.long().cumsum(1) - 1).clamp(min=0)
+        causal = torch.ones(t, t, dtype=torch.bool, device=self.device).tril()
+        # keys: real and not in the future; a pad query may see itself (else its softmax row is empty → NaN)
+        attn = (causal & real[:, None, :]) | torch.eye(t, dtype=torch.bool, device=self.device)
+        st.valid.zero_()
+        st.valid[:, :t] = real
+        st.done.zero_()
+        first = self.model.forward(ids, pos, st.cache, 0, attn[:, None], (st.masks or None) if masked else None)
+        st.out[:, 0] = first
+        if self.eos_id is not None:
+            st.done |= first == self.eos_id
+        st.tok.copy_(first[:, None])
+        st.pos.copy_(pos[:, -1:] + 1)
+        st.col.fill_(t)
+        st.step.fill_(1)
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Sequence[int]], adapter_ids: Sequence[int | None] | None,
+                 max_new_tokens: int, stop_at_eos: bool) -> Generation:
+        if max_new_tokens > self.max_new:
+            raise ServeError(f"max_new_tokens {max_new_tokens} > the engine's budget {self.max_new}")
+        bsz = len(prompts)
+        slots = self._slots(adapter_ids, bsz)
+        masks = self.model.slot_masks(slots) if slots is not None else None
+        if slots is None and self.model.k:  # an adapter engine asked for plain rows: all slot 0
+            masks = self.model.slot_masks(torch.zeros(bsz, dtype=torch.long, device=self.device))
+        masked = masks is not None
+        st = self._state(bsz, masked)
+        if masked:
+            for n, m in masks.items():
+                st.masks[n].copy_(m)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        marks = []  # per generated token: a CUDA event, or a host time on CPU
+        start_ev = self._mark(cuda)
+        self._prefill(st, prompts, masked)
+        marks.append(self._mark(cuda))
+        graph = self._graph(st, masked) if self.use_graphs else None
+        for _ in range(max_new_tokens - 1):
+            if stop_at_eos and bool(st.done.all()):
+                break
+            graph.replay() if graph is not None else self._decode_step(st, masked)
+            marks.append(self._mark(cuda))
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            times = [start_ev.elapsed_time(ev) / 1e3 for ev in marks]
+        else:
+            times = [m - t0 for m in marks]
+        out = st.out[:, : len(marks)].tolist()
+        tokens = [cut_at_eos(row, self.eos_id, stop_at_eos) for row in out]
+        return Generation(tokens=tokens, ttft_s=[times[0]] * bsz, e2e_s=[times[len(row) - 1] for row in tokens])
+
+    @staticmethod
+    def _mark(cuda: bool):
+        if cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def close(self) -> None:
+        self._states.clear()

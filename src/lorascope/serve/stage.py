@@ -1,0 +1,130 @@
+"""The serving stage (§10) on a results folder: adapters of replicate 0, seeded prompts, benchmark, outputs.
+
+Writes under ``<results>/serve/`` (inside a manifest): ``serve.json`` (cells, engine start / adapter load
+times, correctness gates, hardware, prompt composition), ``requests.csv`` (raw per-request timings, the input
+of the bootstrap CIs), ``figures/*.png``, ``adapters/`` (the perturbed copies) and ``merged/`` (vLLM only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lorascope.config.schema import StudyConfig
+from lorascope.data.load import load_task
+from lorascope.data.tokenize import encode_eval_prompt
+from lorascope.manifest import hardware_info, run_manifest
+from lorascope.models.load import load_causal_lm
+from lorascope.models.tokenizer import load_tokenizer
+from lorascope.serve import figures
+from lorascope.serve.adapters import adapter_pool
+from lorascope.serve.bench import BenchSettings, run_benchmark
+from lorascope.serve.engines import EngineSpec, adapters_needed
+from lorascope.serve.report import overhead_vs_merged, write_results
+from lorascope.serve.types import ServeError
+
+PROMPT_POOL = 64  # distinct prompts per task in the timed stream (cycled); the gate uses others
+
+
+def task_adapters(results_dir: Path, tasks: list[str]) -> dict[str, Path]:
+    """The final LoRA adapter of replicate 0 of each task that has one (lowest lr folder if several)."""
+    found = {}
+    for task in tasks:
+        runs = sorted((results_dir / task / "runs").glob(f"{task}-lora-lr*-r0/adapter/adapter_config.json"))
+        if runs:
+            found[task] = runs[0].parent
+    if not found:
+        raise ServeError(f"{results_dir}: no final LoRA adapter (<task>/runs/<task>-lora-lr*-r0/adapter) found")
+    return found
+
+
+def draw_prompts(cfg: StudyConfig, tokenizer, tasks: list[str], n_per_task: int, n_gate: int, budget: int,
+                 data_dir=None) -> tuple[list[list[int]], list[list[int]], dict]:
+    """Seeded draw (seeds.probe) of test inputs, tasks interleaved; the gate prompts are disjoint from the
+    timed ones. Contexts are cut from the end to fit ``budget`` tokens (§4)."""
+    rng = np.random.default_rng([cfg.seeds.probe, 10])
+    composition, per_task = {}, []
+    for task in tasks:
+        test = load_task(task, cfg.data, seed=cfg.seeds.split, data_dir=data_dir)["test"]
+        take = min(len(test), n_per_task + n_gate)
+        idx = rng.choice(len(test), size=take, replace=False)
+        enc = [encode_eval_prompt(tokenizer, test[i], budget) for i in idx]
+        composition[task] = {"drawn": take, "truncated": sum(t for _, t in enc),
+                             "mean_tokens": float(np.mean([len(ids) for ids, _ in enc]))}
+        per_task.append([ids for ids, _ in enc])
+    mixed = [p[i] for i in range(max(map(len, per_task))) for p in per_task if i < len(p)]  # mrpc, squad, ...
+    gate, timed = mixed[:n_gate], mixed[n_gate:]
+    return timed or gate, gate, composition
+
+
+def _dtype(cfg: StudyConfig, device: torch.device) -> torch.dtype:
+    if cfg.serve.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.serve.dtype]
+
+
+def _skips(backends: list[str]) -> dict[str, str]:
+    if "vllm" not in backends:
+        return {}
+    from lorascope.serve.vllm_backend import vllm_available
+
+    ok, why = vllm_available()
+    return {} if ok else {"vllm": why}
+
+
+def run_serve_stage(cfg: StudyConfig, results_dir: Path, *, progress=None, device=None, data_dir=None) -> dict:
+    results_dir = Path(results_dir)
+    folder = results_dir / "serve"
+    s = cfg.serve
+    device = torch.device(device) if device is not None else (
+        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    adapters = task_adapters(results_dir, list(cfg.data.tasks))
+    with run_manifest(folder, cfg, command=f"serve-bench {results_dir}",
+                      extra={"adapters": {k: str(v) for k, v in adapters.items()}}) as manifest:
+        k_max = max(max(map(adapters_needed, s.scenarios)), 1)
+        pool = adapter_pool(list(adapters.values()), k_max, folder / "adapters", s.perturb_scale, cfg.seeds.init)
+        tok = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
+        budget = cfg.data.max_length - s.new_tokens
+        timed, gate, composition = draw_prompts(cfg, tok, list(adapters), PROMPT_POOL, s.correctness_prompts,
+                                                budget, data_dir)
+        fp32_model = cfg.model.model_copy(update={"dtype": "float32"})
+        dtype = _dtype(cfg, device)
+        spec = EngineSpec(load_hf=lambda: load_causal_lm(fp32_model, "cpu"), model_dir=_local(cfg.model.name_or_path),
+                          device=device, dtype=dtype, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                          max_prompt=budget, max_new=s.new_tokens, cuda_graphs=s.cuda_graphs, seed=cfg.seeds.init,
+                          merged_dir=lambda a: _merged(cfg, a, folder / "merged"))
+        gate_spec = None if dtype == torch.float32 else EngineSpec(**{**spec.__dict__, "dtype": torch.float32,
+                                                                      "cuda_graphs": False})
+        settings = BenchSettings(backends=list(s.backends), scenarios=list(s.scenarios), batch_sizes=list(s.batch_sizes),
+                                 output_modes=list(s.output_modes), new_tokens=s.new_tokens, requests=s.requests,
+                                 warmup=s.warmup, correctness_prompts=s.correctness_prompts)
+        bench = run_benchmark(settings, spec, pool, timed, gate, gate_spec=gate_spec, skip=_skips(list(s.backends)),
+                              progress=progress)
+        result = {"hardware": hardware_info(), "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+                  "task_adapters": {k: str(v) for k, v in adapters.items()},
+                  "adapter_pool": [str(p) for p in pool], "prompts": {"timed": len(timed), "gate": len(gate),
+                                                                       "tasks": composition, "seed": cfg.seeds.probe},
+                  **bench, "overhead_p95_vs_merged": overhead_vs_merged(bench["cells"])}
+        if len(adapters) == 1:
+            result["note"] = f"only {next(iter(adapters))} has a LoRA adapter: multi-k uses it and its perturbed copies"
+        write_results(folder, result)
+        figs = folder / "figures"
+        made = [figures.throughput_vs_batch(bench["cells"], figs / "throughput_vs_batch.png"),
+                figures.p95_latency_vs_batch(bench["cells"], figs / "p95_latency_vs_batch.png"),
+                figures.memory_by_scenario(bench["cells"], figs / "memory_by_scenario.png")]
+        manifest["figures"] = [str(p) for p in made if p is not None]
+    return result
+
+
+def _local(name: str) -> Path | None:
+    path = Path(name).expanduser()
+    return path if path.is_dir() else None
+
+
+def _merged(cfg: StudyConfig, adapter: Path, root: Path) -> Path:
+    from lorascope.models.merge import merge_adapter
+
+    out = root / (adapter.parent.name if adapter.name == "adapter" else adapter.name)
+    return out if (out / "config.json").is_file() else merge_adapter(cfg.model, adapter, out)
