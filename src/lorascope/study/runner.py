@@ -10,6 +10,7 @@ plain text instead of exceptions that may not unpickle.
 from __future__ import annotations
 
 import importlib
+import os
 import socket
 import sys
 import time
@@ -58,6 +59,18 @@ def node_name() -> str:
     return socket.gethostname()
 
 
+def gpu_ids() -> list[str]:
+    """The GPUs this job may use (recorded in its manifest): Ray's assignment in a Ray task, else CUDA_VISIBLE_DEVICES."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        try:
+            return [str(g) for g in ray.get_gpu_ids()]
+        except Exception:  # noqa: BLE001 — a best-effort label, never a reason to fail the job
+            pass
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [g for g in env.split(",") if g] if env else []
+
+
 def _outcome(job: Job, status: str, *, node: str, attempt: int | None, started: float | None = None,
              result: dict | None = None, error: str | None = None, tb: str | None = None,
              skipped: bool = False) -> dict:
@@ -87,7 +100,8 @@ def run_job(job: Job | dict, cfg: StudyConfig | dict, out_dir: str | Path, *, da
 
             torch.cuda.set_device(gpu)  # stages use torch.device("cuda"), i.e. the current device
         with run_manifest(job_dir(out_dir, job.name), cfg, command=f"job {job.name}",
-                          extra={"identity": job.key, "job": job.to_dict(), "attempt": attempt, "node": node}) as man:
+                          extra={"identity": job.key, "job": job.to_dict(), "attempt": attempt, "node": node,
+                                 "gpus": gpu_ids()}) as man:
             ctx = JobContext(job, cfg, out_dir, data_dir, progress)
             result = resolve(job.fn)(ctx, **job.params) or {}
             man["result"] = result
