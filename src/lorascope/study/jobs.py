@@ -159,9 +159,8 @@ def train_job(ctx: JobContext, task: str, method: str, replicate: int) -> dict:
 def weights_job(ctx: JobContext, task: str) -> dict:
     from lorascope.study.weights_stage import run_weights_stage
 
-    # The stage loops over cfg.data.tasks: give it this task only (one job per task).
-    one = ctx.cfg.model_copy(update={"data": ctx.cfg.data.model_copy(update={"tasks": [task]})})
-    res = run_weights_stage(one, ctx.out_dir, progress=ctx.progress, data_dir=ctx.data_dir).get(task)
+    res = run_weights_stage(ctx.cfg, ctx.out_dir, progress=ctx.progress, data_dir=ctx.data_dir,
+                            tasks=[task]).get(task)
     return {"task": task, "runs": res["runs"], "intruders_total": res["intruders_total"]} if res else {"task": task}
 
 

@@ -66,10 +66,12 @@ def dare_curves(cfg: StudyConfig, task: str, runs: dict[str, Path], *, seed: int
     return curves
 
 
-def run_weights_stage(cfg: StudyConfig, out_dir: Path, *, device=None, progress=None, data_dir=None) -> dict:
+def run_weights_stage(cfg: StudyConfig, out_dir: Path, *, device=None, progress=None, data_dir=None,
+                      tasks: list[str] | None = None) -> dict:
+    """§9 for ``tasks`` (default: every task of the config); a task without final runs is left out."""
     device = device or default_device()
     results = {}
-    for task in cfg.data.tasks:
+    for task in tasks or cfg.data.tasks:
         runs = {label: final_run(cfg, out_dir, task, m) for label, m in (("FT", "ft"), ("LoRA", "lora"))}
         runs = {k: v for k, v in runs.items() if v is not None}
         folder = out_dir / task / "weights"
