@@ -11,6 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from lorascope.config import load_config
+from lorascope.io import atomic_write_json
+from lorascope.manifest import run_manifest
 from lorascope.serve.adapters import random_adapter
 from lorascope.serve.native_model import NativeLlama
 from lorascope.serve.report import CSV_FIELDS
@@ -25,8 +27,13 @@ def results(model_dir, data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     cfg_hf = AutoConfig.from_pretrained(str(model_dir))
     for i, task in enumerate(("mrpc", "squad_v2")):
-        random_adapter(cfg_hf, root / task / "runs" / f"{task}-lora-lr0.01-r0" / "adapter", seed=i,
-                       base=str(model_dir))
+        run = root / task / "runs" / f"{task}-lora-lr0.01-r0"
+        with run_manifest(run, None, command="fabricated final run"):
+            random_adapter(cfg_hf, run / "adapter", seed=i, base=str(model_dir))
+            atomic_write_json(run / "results.json", {"run": {"task": task, "method": "lora", "lr": 0.01,
+                                                             "replicate": 0}})
+    # A stale run at another learning rate, never completed: must not be served.
+    random_adapter(cfg_hf, root / "mrpc" / "runs" / "mrpc-lora-lr0.001-r0" / "adapter", seed=9, base=str(model_dir))
     return root
 
 
@@ -57,6 +64,7 @@ def served(results, model_dir, data_dir):
 
 
 def test_outputs_and_schema(served, results):
+    assert all("lr0.01-r0" in str(path) for path in served[0]["task_adapters"].values())  # never the stale lr
     result, messages = served
     folder = results / "serve"
     assert json.loads((folder / "manifest.json").read_text())["status"] == "completed"
@@ -125,4 +133,4 @@ def test_cli_registers_serve_bench():
     out = CliRunner().invoke(app, ["serve-bench", "--help"])
     assert out.exit_code == 0 and "RESULTS_DIR" in out.output
     missing = CliRunner().invoke(app, ["serve-bench", "/nonexistent/results"])
-    assert missing.exit_code == 2 and "no final LoRA adapter" in missing.output
+    assert missing.exit_code == 2 and "no completed final LoRA run" in missing.output

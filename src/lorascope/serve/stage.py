@@ -28,15 +28,20 @@ from lorascope.serve.types import ServeError
 PROMPT_POOL = 64  # distinct prompts per task in the timed stream (cycled); the gate uses others
 
 
-def task_adapters(results_dir: Path, tasks: list[str]) -> dict[str, Path]:
-    """The final LoRA adapter of replicate 0 of each task that has one (lowest lr folder if several)."""
+def task_adapters(results_dir: Path, tasks: list[str], replicates: list[int] | None = None) -> dict[str, Path]:
+    """The final LoRA adapter of the lowest replicate of each task that has one, at the selected learning
+    rate (``study.selection``: the HPO choice), so a stale run at another lr is never served."""
+    from lorascope.study.selection import final_runs
+
     found = {}
     for task in tasks:
-        runs = sorted((results_dir / task / "runs").glob(f"{task}-lora-lr*-r0/adapter/adapter_config.json"))
+        runs = [r for r in final_runs(results_dir, task, replicates)
+                if r["method"] == "lora" and (r["path"] / "adapter" / "adapter_config.json").is_file()]
         if runs:
-            found[task] = runs[0].parent
+            found[task] = runs[0]["path"] / "adapter"
     if not found:
-        raise ServeError(f"{results_dir}: no final LoRA adapter (<task>/runs/<task>-lora-lr*-r0/adapter) found")
+        raise ServeError(f"{results_dir}: no completed final LoRA run with an adapter "
+                         "(<task>/runs/<task>-lora-lr*-r*/adapter) found")
     return found
 
 
@@ -80,7 +85,7 @@ def run_serve_stage(cfg: StudyConfig, results_dir: Path, *, progress=None, devic
     s = cfg.serve
     device = torch.device(device) if device is not None else (
         torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-    adapters = task_adapters(results_dir, list(cfg.data.tasks))
+    adapters = task_adapters(results_dir, list(cfg.data.tasks), cfg.seeds.replicates)
     with run_manifest(folder, cfg, command=f"serve-bench {results_dir}",
                       extra={"adapters": {k: str(v) for k, v in adapters.items()}}) as manifest:
         k_max = max(max(map(adapters_needed, s.scenarios)), 1)
