@@ -88,6 +88,12 @@ def test_study_dag_order_roles_and_the_sanity_gate_before_any_grid():
     assert roles["hpo"] == {"vm2"} and roles["data"] == {"vm1"} and roles["weights"] == {"vm3"}
     assert {j.role for j in dag.by_kind()["train"] if j.params["method"] == "ft"} == {"vm1"}
     assert len(dag.by_kind()["train"]) == 2 * 2 * 3  # tasks × methods × replicates in configs/demo.yaml
+    assert len(dag.by_kind()["serve"]) == 1
+
+
+def test_an_ft_only_study_has_no_serving_job():
+    dag = build_study_dag(_cfg("train.methods=[ft]"))
+    assert "serve" not in dag.by_kind() and "stats" in dag.by_kind()
 
 
 def test_unknown_dependency_and_duplicate_names_are_refused():

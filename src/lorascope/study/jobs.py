@@ -83,7 +83,8 @@ def build_study_dag(cfg: StudyConfig, out_dir: str | Path | None = None) -> Dag:
             analysis.append(dag.add(f"drift-{t}", "drift", f"{HERE}:drift_job", params={"task": t},
                                     deps=[n for (tt, _, _), n in train.items() if tt == t], role="vm3",
                                     num_gpus=1, relevant=section_hash(cfg, "drift")).name)
-    if stage_available("serve"):
+    # Serving compares LoRA adapters with their merged weights: nothing to serve in an FT-only study.
+    if stage_available("serve") and "lora" in methods:
         analysis.append(dag.add("serve", "serve", f"{HERE}:serve_job", deps=list(train.values()), role="vm3",
                                 num_gpus=1, relevant=section_hash(cfg, "serve")).name)
     upstream = [j.name for j in dag.topological()]
