@@ -118,3 +118,20 @@ def test_first_mismatch_reports_position():
     assert first_mismatch([[1, 2, 3]], [[1, 2, 3]]) is None
     assert first_mismatch([[1, 2], [4, 5]], [[1, 2], [4, 6]]) == "row 1, token 1: got 5, want 6"
     assert first_mismatch([[1]], [[1, 2]]) == "row 0, token 1: got <end>, want 2"
+
+
+def test_fixed_length_ignores_the_checkpoints_own_end_token(hf_model, prompts):
+    """Regression: ``eos_token_id=None`` let transformers fill in the checkpoint's end token and stop there,
+    so "fixed" outputs were short. Make the checkpoint's end token the model's first greedy token."""
+    import copy
+
+    model = copy.deepcopy(hf_model)
+    first = Reference(model, [], eos_id=EOS).one(prompts[0], None, NEW, False)
+    assert len(first) == NEW
+    model.generation_config.eos_token_id = first[0]
+    ref = Reference(model, [], eos_id=first[0])
+    assert ref.one(prompts[0], None, NEW, False) == first  # fixed: goes on past the end token
+    assert ref.one(prompts[0], None, NEW, True) == first[:1]  # natural: stops on it
+    engine = HFPeftBackend(model, eos_id=first[0])
+    assert engine.generate([prompts[0]], None, NEW, stop_at_eos=False).tokens == [first]
+    assert engine.generate([prompts[0]], None, NEW, stop_at_eos=True).tokens == [first[:1]]

@@ -52,8 +52,13 @@ def _label(started: Started, scenario: str, slot: int | None) -> str | None:
 
 def _gate(started: Started, scenario: str, reference: Reference, prompts: list[list[int]], new_tokens: int,
           modes: Sequence[str]) -> str | None:
-    """Greedy equality with the fp32 reference on fixed prompts, as one (mixed) batch, in each output mode."""
-    ids = _row_adapters(scenario, 0, len(prompts))
+    """Greedy equality with the fp32 reference on fixed prompts, as one (mixed) batch, in each output mode.
+
+    The batch has at least one row per resident adapter (prompts reused round-robin), so every adapter a
+    ``multi-k`` cell will serve is checked, not only the first ``len(prompts)``."""
+    rows = max(len(prompts), adapters_needed(scenario))
+    prompts = [prompts[i % len(prompts)] for i in range(rows)]
+    ids = _row_adapters(scenario, 0, rows)
     ref_ids = [0] * len(prompts) if scenario == "merged" else (ids or [None] * len(prompts))
     for mode in modes:
         bad = check_backend(started.backend, reference, prompts, ids, ref_ids, new_tokens, mode == "natural")

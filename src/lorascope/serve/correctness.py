@@ -35,10 +35,10 @@ class Reference:
         if key not in self._cache:
             from transformers import GenerationConfig
 
-            from lorascope.serve.types import cut_at_eos
+            from lorascope.serve.types import cut_at_eos, stop_token
 
             cfg = GenerationConfig(max_new_tokens=max_new, do_sample=False, num_beams=1, pad_token_id=0,
-                                   eos_token_id=self.eos_id if stop_at_eos else None)
+                                   eos_token_id=stop_token(self.model, self.eos_id, stop_at_eos))
             ids = torch.tensor([list(prompt)], device=self.device)
             if adapter is None and self.names:
                 with self.model.disable_adapter():

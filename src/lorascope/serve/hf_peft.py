@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from lorascope.serve.types import Generation, ServeError, cut_at_eos
+from lorascope.serve.types import Generation, ServeError, cut_at_eos, stop_token
 
 BASE_NAME = "__base__"
 
@@ -74,10 +74,8 @@ class HFPeftBackend:
         for i, p in enumerate(prompts):  # left padding: every row's next token is at column t
             ids[i, t - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
             mask[i, t - len(p):] = 1
-        # EOS ignored (fixed length) = no stop token at all; min_new_tokens would *suppress* EOS instead,
-        # which changes the greedy tokens. A fresh config so the checkpoint's generation defaults don't leak in.
         gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                   eos_token_id=self.eos_id if stop_at_eos else None, pad_token_id=self.pad_id)
+                                   eos_token_id=stop_token(self.model, self.eos_id, stop_at_eos), pad_token_id=self.pad_id)
         names = self._row_names(adapter_ids, bsz)
         kwargs = {"adapter_names": names} if names is not None else {}
         clock = _Clock(self.device)

@@ -42,3 +42,11 @@ def cut_at_eos(tokens: Sequence[int], eos_id: int | None, stop_at_eos: bool) -> 
     if stop_at_eos and eos_id is not None and eos_id in tokens:
         return tokens[: tokens.index(eos_id) + 1]
     return tokens
+
+
+def stop_token(model, eos_id: int, stop_at_eos: bool) -> int:
+    """The ``eos_token_id`` to give ``generate``: the model's end token, or — EOS *ignored* (fixed length) —
+    an id outside the vocabulary, which greedy decoding can never produce. ``None`` does not work:
+    transformers fills an unset ``eos_token_id`` from the checkpoint's generation config (and stops at EOS);
+    ``min_new_tokens`` would *suppress* EOS, which changes the greedy tokens."""
+    return eos_id if stop_at_eos else int(model.config.vocab_size)
