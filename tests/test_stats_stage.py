@@ -117,11 +117,13 @@ def test_stage_numbers_and_verdict(folder):
     assert mrpc["verdict"]["criteria"]["B"]["estimate"] == pytest.approx(0.5)
     assert len(mrpc["drift"]["reductions"]) == 4 and any("replicate = None" in n for n in mrpc["drift"]["notes"])
     c = doc["serve"]["criterion_c"]
-    assert c["state"] == "met" and c["backend"] == ["native"]
+    # multi-8 failed at batch 16: that batch size has no valid maximum, so C cannot be "met" for native.
+    assert c["state"] == "inconclusive" and c["backend"] == ["native"]
+    assert c["backends"]["native"]["state"] == "inconclusive"
     over = [o for o in doc["serve"]["overheads"] if o["scenario"] == "unmerged-1" and o["metric"] == "p95_latency"]
     assert len(over) == 5 and all(0.05 < o["estimate"] < 0.15 for o in over)
     assert any("failed" in n for n in doc["serve"]["notes"])
-    # SQuAD: no drift, C met, so the verdict is A's; the F1 drop (≈ 7 points) exceeds the margin
+    # SQuAD: no drift, C inconclusive, so the verdict is A's when A is not met; the F1 drop (≈ 7 points) exceeds the margin
     sq = doc["tasks"]["squad_v2"]["verdict"]
     assert sq["criteria"]["B"]["state"] == "missing" and sq["criteria"]["A"]["state"] == "not met"
     assert sq["state"] == "not met" and doc["verdicts"]["squad_v2"] == "not met"
@@ -182,3 +184,46 @@ def test_criterion_c_takes_the_worst_unmerged_scenario():
     assert cis["multi-4"][0] > 0.3 > cis["unmerged-1"][1]
     without_multi = serve_summary(cells[:2], None, StatsConfig(bootstrap_resamples=500), seed=0, batch_sizes=[1])
     assert without_multi["criterion_c"]["state"] == "met"
+
+
+def test_criterion_c_failed_or_skipped_cells():
+    """A treatment cell that failed (correctness gate, OOM) leaves its batch size without a valid maximum;
+    a backend that was skipped altogether (not installed) takes no part in C."""
+    from lorascope.config.schema import StatsConfig
+    from lorascope.stats.serve_summary import serve_summary
+
+    rng = np.random.default_rng(1)
+
+    def cell(backend, scenario, status="ok", scale=1.0):
+        reqs = [{"e2e_s": float(scale * (1 + 0.02 * rng.random())), "out_tokens": 8, "batch_index": i // 2}
+                for i in range(12)] if status == "ok" else []
+        return {"backend": backend, "scenario": scenario, "batch_size": 2, "output_mode": "fixed",
+                "status": status, "requests": reqs}
+
+    cfg = StatsConfig(bootstrap_resamples=300)
+    ok = [cell("native", "merged"), cell("native", "unmerged-1", scale=1.05)]
+    assert serve_summary(ok, None, cfg, seed=0, batch_sizes=[2])["criterion_c"]["state"] == "met"
+    failed = ok + [cell("native", "multi-2", status="failed")]
+    assert serve_summary(failed, None, cfg, seed=0, batch_sizes=[2])["criterion_c"]["state"] == "inconclusive"
+    skipped = ok + [cell("vllm", s, status="skipped") for s in ("merged", "unmerged-1")]
+    c = serve_summary(skipped, None, cfg, seed=0, batch_sizes=[2])["criterion_c"]
+    assert c["state"] == "met" and set(c["backends"]) == {"native"}
+
+
+def test_overhead_ci_resamples_batches_not_requests():
+    """Rows of one batch share a timing in fixed mode: 2 batches of 16 identical values are 2 observations,
+    not 32. Request-level resampling gave a zero-width CI; batch resampling does not, and 1 batch is refused."""
+    from lorascope.errors import StatsInputError
+    from lorascope.stats.overhead import overhead
+
+    t, r = np.repeat([1.20, 1.45], 16), np.repeat([1.00, 1.30], 16)
+    batches = np.repeat([0, 1], 16)
+    naive = overhead(t, r, "p95", resamples=2000, rng=np.random.default_rng(0))
+    assert naive["ci"][1] - naive["ci"][0] < 1e-12  # the collapse the review found
+    clustered = overhead(t, r, "p95", resamples=2000, rng=np.random.default_rng(0), treatment_batches=batches,
+                         reference_batches=batches)
+    assert clustered["estimate"] == pytest.approx(naive["estimate"])
+    assert clustered["ci"][1] - clustered["ci"][0] > 0.1 and "batches" in clustered["ci_method"]
+    with pytest.raises(StatsInputError, match="2 timed batches"):
+        overhead(t, r, "p95", resamples=100, rng=np.random.default_rng(0), treatment_batches=np.zeros(32),
+                 reference_batches=batches)

@@ -2,8 +2,11 @@
 
 Treatment is a cell of ``unmerged-1`` or ``multi-k``, reference the ``merged`` cell at the same backend,
 batch size and output mode. Latencies are in seconds; the overhead is a fraction (0.3 = 30% slower).
-CI: percentile bootstrap (Efron & Tibshirani 1993, ch. 13) resampling requests with replacement
-independently in each group (the two cells are separate runs, so there is no pairing to keep).
+CI: percentile bootstrap (Efron & Tibshirani 1993, ch. 13), independently in each cell (the two cells are
+separate runs, so there is no pairing to keep). Requests of one batch are timed together (in fixed-length
+mode they share one e2e value), so they are not independent: given each request's batch index, the
+bootstrap resamples whole batches (a cluster bootstrap, Davison & Hinkley 1997, §3.8) and needs ≥ 2
+batches per cell; without batch indices it resamples requests.
 """
 
 from __future__ import annotations
@@ -36,17 +39,46 @@ def seconds_per_token(e2e: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     return e2e.sum(axis=-1, dtype=np.float64) / tokens.sum(axis=-1, dtype=np.float64)
 
 
-def _resampled(cols: Sequence[np.ndarray], fn: StatFn, m: int, rng: np.random.Generator) -> np.ndarray:
-    n = cols[0].size
-    idx = rng.integers(0, n, size=(m, n))
-    return fn(*(c[idx] for c in cols))
+def _resampled(cols: Sequence[np.ndarray], fn: StatFn, m: int, rng: np.random.Generator,
+               groups: np.ndarray | None = None) -> np.ndarray:
+    """m bootstrap values of fn: rows resampled, or — with ``groups`` (a label per row) — whole groups."""
+    if groups is None:
+        n = cols[0].size
+        idx = rng.integers(0, n, size=(m, n))
+        return fn(*(c[idx] for c in cols))
+    labels = np.unique(groups)
+    members = [np.flatnonzero(groups == g) for g in labels]
+    picks = rng.integers(0, len(labels), size=(m, len(labels)))
+    if len({len(x) for x in members}) == 1:  # equal batch sizes: one gather for all resamples
+        idx = np.stack(members)[picks].reshape(m, -1)
+        return fn(*(c[idx] for c in cols))
+    out = np.empty(m, dtype=np.float64)
+    for i in range(m):
+        idx = np.concatenate([members[j] for j in picks[i]])
+        out[i] = fn(*(c[idx][None, :] for c in cols))[0]
+    return out
+
+
+def _groups(groups: Any, n: int, name: str) -> np.ndarray | None:
+    if groups is None:
+        return None
+    g = np.asarray(groups)
+    if g.shape != (n,):
+        raise StatsInputError(f"{name}: one batch index per request expected ({n}), got shape {g.shape}")
+    if np.unique(g).size < 2:
+        raise StatsInputError(f"{name}: a CI needs ≥ 2 timed batches in the cell, got {np.unique(g).size}")
+    return g
 
 
 def bootstrap_ratio(treatment: Sequence[np.ndarray], reference: Sequence[np.ndarray], fn: StatFn, *,
-                    resamples: int, rng: np.random.Generator, confidence: float = 0.95) -> dict:
-    """fn(treatment)/fn(reference) − 1 with a percentile-bootstrap CI; each group is a tuple of per-request
-    columns (resampled together, row-wise). fn(reference) must be > 0."""
+                    resamples: int, rng: np.random.Generator, confidence: float = 0.95,
+                    groups: tuple[Any, Any] = (None, None)) -> dict:
+    """fn(treatment)/fn(reference) − 1 with a percentile-bootstrap CI; each side is a tuple of per-request
+    columns (resampled together, row-wise; by batch when ``groups`` gives each side's batch indices).
+    fn(reference) must be > 0."""
     check_confidence(confidence)
+    t_groups = _groups(groups[0], treatment[0].size, "treatment")
+    r_groups = _groups(groups[1], reference[0].size, "reference")
     resamples = check_resamples(resamples)
     rng = check_rng(rng)
     t_val = float(fn(*(c[None, :] for c in treatment))[0])
@@ -56,14 +88,15 @@ def bootstrap_ratio(treatment: Sequence[np.ndarray], reference: Sequence[np.ndar
     ratios = np.empty(resamples, dtype=np.float64)
     for start in range(0, resamples, BOOTSTRAP_CHUNK):
         m = min(BOOTSTRAP_CHUNK, resamples - start)
-        t_b = _resampled(treatment, fn, m, rng)
-        r_b = _resampled(reference, fn, m, rng)
+        t_b = _resampled(treatment, fn, m, rng, t_groups)
+        r_b = _resampled(reference, fn, m, rng, r_groups)
         ratios[start:start + m] = t_b / r_b - 1.0
     alpha = 1.0 - confidence
     lo, hi = np.quantile(ratios, [alpha / 2.0, 1.0 - alpha / 2.0])
     return {"estimate": t_val / r_val - 1.0, "ci": [float(lo), float(hi)], "confidence": confidence,
             "treatment_value": t_val, "reference_value": r_val, "n_treatment": int(treatment[0].size),
-            "n_reference": int(reference[0].size), "resamples": resamples, "ci_method": "percentile bootstrap"}
+            "n_reference": int(reference[0].size), "resamples": resamples,
+            "ci_method": "percentile bootstrap" + (" over batches" if t_groups is not None else " over requests")}
 
 
 def _latencies(values: Any, name: str) -> np.ndarray:
@@ -74,19 +107,23 @@ def _latencies(values: Any, name: str) -> np.ndarray:
 
 
 def overhead(treatment_latencies: Any, reference_latencies: Any, stat: str = "p95", *, resamples: int = 10_000,
-             rng: np.random.Generator, confidence: float = 0.95) -> dict:
+             rng: np.random.Generator, confidence: float = 0.95, treatment_batches: Any = None,
+             reference_batches: Any = None) -> dict:
     """Latency overhead stat(treatment)/stat(reference) − 1 (fraction) with a percentile-bootstrap CI.
 
-    Inputs: per-request latencies in seconds (≥ 2 requests each; lengths may differ)."""
+    Inputs: per-request latencies in seconds (≥ 2 requests each; lengths may differ) and, optionally, each
+    request's batch index (then whole batches are resampled; give both or neither)."""
     t = _latencies(treatment_latencies, "treatment_latencies")
     r = _latencies(reference_latencies, "reference_latencies")
-    out = bootstrap_ratio((t,), (r,), latency_stat(stat), resamples=resamples, rng=rng, confidence=confidence)
+    out = bootstrap_ratio((t,), (r,), latency_stat(stat), resamples=resamples, rng=rng, confidence=confidence,
+                          groups=(treatment_batches, reference_batches))
     return {"metric": f"{stat}_latency", **out}
 
 
 def overhead_inverse_throughput(treatment_e2e: Any, treatment_tokens: Any, reference_e2e: Any,
                                 reference_tokens: Any, *, resamples: int = 10_000, rng: np.random.Generator,
-                                confidence: float = 0.95) -> dict:
+                                confidence: float = 0.95, treatment_batches: Any = None,
+                                reference_batches: Any = None) -> dict:
     """Overhead of 1/throughput: (Σe2e/Σtokens)_treatment / (Σe2e/Σtokens)_reference − 1, bootstrapped over
     requests (each request's e2e seconds and output tokens resampled together).
 
@@ -101,5 +138,6 @@ def overhead_inverse_throughput(treatment_e2e: Any, treatment_tokens: Any, refer
         if (kv < 1).any():
             raise StatsInputError(f"{k_name}: every request must produce ≥ 1 token")
         cols.append((ev, kv))
-    out = bootstrap_ratio(cols[0], cols[1], seconds_per_token, resamples=resamples, rng=rng, confidence=confidence)
+    out = bootstrap_ratio(cols[0], cols[1], seconds_per_token, resamples=resamples, rng=rng, confidence=confidence,
+                          groups=(treatment_batches, reference_batches))
     return {"metric": "inverse_throughput", **out}

@@ -23,14 +23,16 @@ NOT_TREATMENTS = ("base", "merged")
 CRITERION_C = {"output_mode": "fixed", "metric": "p95_latency"}  # scenarios: every one but base / merged
 
 
-def _columns(cell: dict) -> tuple[np.ndarray, np.ndarray]:
+def _columns(cell: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """e2e seconds, output tokens and (when recorded) the batch index of every timed request."""
     reqs = cell.get("requests") or []
     try:
         e2e = np.array([r["e2e_s"] for r in reqs], dtype=np.float64)
         tokens = np.array([r["out_tokens"] for r in reqs], dtype=np.float64)
     except (KeyError, TypeError, ValueError) as exc:
         raise StatsInputError(f"request rows lack e2e_s/out_tokens ({exc})") from None
-    return e2e, tokens
+    batches = np.array([r["batch_index"] for r in reqs]) if reqs and all("batch_index" in r for r in reqs) else None
+    return e2e, tokens, batches
 
 
 def _key(cell: dict) -> tuple[str, str, int, str]:
@@ -41,17 +43,23 @@ def _key(cell: dict) -> tuple[str, str, int, str]:
 def _one(metric: str, t: dict, r: dict, cfg: StatsConfig, seed: int, label: str) -> dict[str, Any]:
     rng = child_rng(seed, f"{label}/{metric}")
     try:
-        (te, tk), (re_, rk) = _columns(t), _columns(r)
+        (te, tk, tb), (re_, rk, rb) = _columns(t), _columns(r)
+        batches = {"treatment_batches": tb, "reference_batches": rb} if tb is not None and rb is not None else {}
         if metric == "p95_latency":
-            return overhead(te, re_, "p95", resamples=cfg.bootstrap_resamples, rng=rng, confidence=cfg.confidence)
+            return overhead(te, re_, "p95", resamples=cfg.bootstrap_resamples, rng=rng, confidence=cfg.confidence,
+                            **batches)
         return overhead_inverse_throughput(te, tk, re_, rk, resamples=cfg.bootstrap_resamples, rng=rng,
-                                           confidence=cfg.confidence)
+                                           confidence=cfg.confidence, **batches)
     except StatsInputError as exc:
         return {"metric": metric, "estimate": None, "ci": None, "note": str(exc)}
 
 
-def _envelope(rows: list[dict], backend: str, batch_size: int) -> tuple[float, float] | None:
-    """Interval for the largest overhead over the unmerged scenarios; None if any of them lacks a CI."""
+def _envelope(rows: list[dict], backend: str, batch_size: int, unusable: set) -> tuple[float, float] | None:
+    """Interval for the largest overhead over the unmerged scenarios; None if any of them lacks a CI or a
+    cell of them did not run cleanly (failed the correctness gate, ran out of memory): a scenario that
+    could not be measured correctly must not drop out of the maximum."""
+    if (backend, batch_size) in unusable:
+        return None
     cis = [r["ci"] for r in rows if r["backend"] == backend and r["batch_size"] == batch_size
            and all(r[k] == v for k, v in CRITERION_C.items())]
     if not cis or any(ci is None for ci in cis):
@@ -82,8 +90,11 @@ def serve_summary(cells: list[dict] | None, why_missing: str | None, cfg: StatsC
                              "note": "no ok merged cell at this backend, batch size and output mode"})
             else:
                 rows.append({**base, **_one(metric, cell, ref, cfg, seed, "/".join(map(str, key)))})
-    backends = sorted({_key(c)[0] for c in cells})
-    c_input = {b: {bs: _envelope(rows, b, bs) for bs in batch_sizes} for b in backends}
+    # A backend whose every cell was skipped (e.g. vllm not installed) was not measured: it takes no part in C.
+    backends = sorted({_key(c)[0] for c in cells if c.get("status") != "skipped"})
+    unusable = {(_key(c)[0], _key(c)[2]) for c in cells if c.get("status") != "ok"
+                and _key(c)[1] not in NOT_TREATMENTS and _key(c)[3] == CRITERION_C["output_mode"]}
+    c_input = {b: {bs: _envelope(rows, b, bs, unusable) for bs in batch_sizes} for b in backends}
     c = criterion_c(c_input, batch_sizes=batch_sizes, threshold=cfg.overhead_threshold)
     c.update({**CRITERION_C, "scenarios": sorted({r["scenario"] for r in rows})})
     return {"overheads": rows, "criterion_c": c, "notes": notes}
