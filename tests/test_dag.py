@@ -186,3 +186,18 @@ def test_parallel_local_execution_gives_the_same_results_as_serial(tmp_path):
     with ResultsStore.for_study(serial) as a, ResultsStore.for_study(parallel) as b:
         q = "SELECT run, split, metric, value FROM metrics ORDER BY run, split, metric"
         assert a.query(q) == b.query(q) and len(a.query(q)) == 10
+
+
+def test_analysis_seeds_and_more_replicates_do_not_retrain():
+    """Review finding: seeds.bootstrap / seeds.probe / seeds.replicates were part of every training key, so
+    changing a bootstrap seed or adding a replicate retrained everything."""
+    base = _keys()
+    boot = _keys("seeds.bootstrap=7")
+    training = [n for n in base if n.split("-")[0] in ("sanity", "zero_shot", "hpo", "train", "data")]
+    assert training and all(base[n] == boot[n] for n in training)
+    assert base["stats"] != boot["stats"] and base["weights-mrpc"] != boot["weights-mrpc"]  # DARE draws
+    probe = _keys("seeds.probe=7")
+    assert base["drift-mrpc"] != probe["drift-mrpc"] and base["train-mrpc-ft-r0"] == probe["train-mrpc-ft-r0"]
+    more = _keys("seeds.replicates=[0,1,2,3]")
+    assert all(more[n] == base[n] for n in base if n.startswith("train-"))  # existing runs are reused
+    assert "train-mrpc-ft-r3" in more and more["drift-mrpc"] != base["drift-mrpc"]

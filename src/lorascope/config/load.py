@@ -126,6 +126,9 @@ EXECUTION_KEYS = {"train": ("strategy", "compile", "checkpoint_every", "eval_bat
 # so ``result_hash`` — the training runs' identity — leaves them out; each analysis stage keys its own
 # outputs with ``section_hash`` over what it reads.
 DOWNSTREAM_SECTIONS = ("drift", "serve", "stats")
+# Seeds that only the analysis stages read (probe sets, bootstrap / DARE draws) and the list of replicates
+# (a run's identity has its own replicate; adding a seed must not retrain the existing ones).
+DOWNSTREAM_SEEDS = ("probe", "bootstrap", "replicates")
 
 
 def result_hash(cfg: StudyConfig, length: int = 16) -> str:
@@ -133,6 +136,8 @@ def result_hash(cfg: StudyConfig, length: int = 16) -> str:
     tree = cfg.model_dump(mode="json")
     for section in DOWNSTREAM_SECTIONS:
         tree.pop(section, None)
+    for key in DOWNSTREAM_SEEDS:
+        tree.get("seeds", {}).pop(key, None)
     for section, keys in EXECUTION_KEYS.items():
         if keys is None:
             tree.pop(section, None)
@@ -143,7 +148,10 @@ def result_hash(cfg: StudyConfig, length: int = 16) -> str:
 
 
 def section_hash(cfg: StudyConfig, *sections: str, length: int = 16) -> str:
-    """Hash of the training identity (``result_hash``) plus the named downstream sections, e.g. ``"drift"``:
-    an analysis output is stale when either the models it reads or its own settings changed."""
+    """Hash of the training identity (``result_hash``), the analysis seeds and replicate list, and the named
+    downstream sections, e.g. ``"drift"``: an analysis output is stale when the models it reads, its seeds
+    or its own settings changed."""
     tree = cfg.model_dump(mode="json")
-    return config_hash({"training": result_hash(cfg, length=64), **{s: tree[s] for s in sections}}, length)
+    seeds = {k: tree["seeds"][k] for k in DOWNSTREAM_SEEDS}
+    return config_hash({"training": result_hash(cfg, length=64), "seeds": seeds, **{s: tree[s] for s in sections}},
+                       length)

@@ -78,7 +78,7 @@ def build_study_dag(cfg: StudyConfig, out_dir: str | Path | None = None) -> Dag:
         firsts = [train[(t, m, min(reps))] for m in ("ft", "lora") if m in methods]
         if firsts:
             analysis.append(dag.add(f"weights-{t}", "weights", f"{HERE}:weights_job", params={"task": t},
-                                    deps=firsts, role="vm3", num_gpus=1, relevant=rh).name)
+                                    deps=firsts, role="vm3", num_gpus=1, relevant=section_hash(cfg)).name)
         if stage_available("drift"):
             analysis.append(dag.add(f"drift-{t}", "drift", f"{HERE}:drift_job", params={"task": t},
                                     deps=[n for (tt, _, _), n in train.items() if tt == t], role="vm3",

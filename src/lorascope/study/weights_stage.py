@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from lorascope.config import result_hash
+from lorascope.config import section_hash
 from lorascope.config.schema import StudyConfig
 from lorascope.data.load import load_task
 from lorascope.io import atomic_write_json
@@ -77,9 +77,9 @@ def run_weights_stage(cfg: StudyConfig, out_dir: Path, *, device=None, progress=
         folder = out_dir / task / "weights"
         if not runs:
             continue
-        # Keyed by what it reads (the runs and the training config), not the whole config: a change to the
+        # Keyed by what it reads (the runs, the training config, the DARE seed), not the whole config: a change to the
         # serving or drift settings must not redo this stage.
-        identity = f"weights:{result_hash(cfg)}:" + ",".join(f"{k}={v.name}" for k, v in sorted(runs.items()))
+        identity = f"weights:{section_hash(cfg)}:" + ",".join(f"{k}={v.name}" for k, v in sorted(runs.items()))
         if is_completed(folder, identity=identity) and (folder / "weights.json").is_file():
             results[task] = json.loads((folder / "weights.json").read_text())
             continue
