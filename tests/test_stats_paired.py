@@ -177,3 +177,16 @@ def test_power_note_mrpc_halfwidth():
     crit = sps.t.ppf(0.975, 4)
     power = sps.nct.sf(crit, 4, nc) + sps.nct.cdf(-crit, 4, nc)
     assert power == pytest.approx(0.8, abs=1e-4) and paired_t_detectable_dz(10) < dz
+
+
+def test_wilcoxon_asymptotic_branch_uses_the_continuity_correction():
+    import scipy.stats as sps
+
+    from lorascope.stats.paired import wilcoxon_exact
+
+    a = np.round(np.random.default_rng(0).normal(0.3, 1.0, 20), 1)  # ties, n > the permutation limit
+    out = wilcoxon_exact(a, np.zeros(20))
+    assert out["method"] == "asymptotic"
+    nz = a[a != 0]
+    assert out["p"] == pytest.approx(sps.wilcoxon(nz, method="asymptotic", correction=True).pvalue, rel=1e-12)
+    assert out["p"] != pytest.approx(sps.wilcoxon(nz, method="asymptotic", correction=False).pvalue, rel=1e-6)
