@@ -21,7 +21,8 @@ from lorascope.io import atomic_write_json
 from lorascope.manifest import is_completed, run_manifest
 from lorascope.models.load import load_causal_lm
 from lorascope.models.lora import apply_lora
-from lorascope.study.drift_stage import final_runs, run_drift_stage
+from lorascope.study.drift_stage import run_drift_stage
+from lorascope.study.selection import final_runs
 
 
 def _run_folder(root, cfg, task, method, rep, make):

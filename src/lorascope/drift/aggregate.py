@@ -7,13 +7,12 @@ means (n = number of replicates), the same construction as §11's per-method CIs
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import numpy as np
-from scipy import stats
 
 from lorascope.drift.compute import drift_score
+from lorascope.drift.cosine import t_interval
 
 
 def t_band(values: list[float], confidence: float = 0.95) -> dict:
@@ -22,8 +21,8 @@ def t_band(values: list[float], confidence: float = 0.95) -> dict:
     mean = float(x.mean())
     if len(x) < 2:
         return {"mean": mean, "lo": None, "hi": None, "n": len(x)}
-    half = float(stats.t.ppf(0.5 + confidence / 2.0, len(x) - 1)) * float(x.std(ddof=1)) / math.sqrt(len(x))
-    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": len(x)}
+    lo, hi = t_interval(mean, float(x.std(ddof=1)), len(x), confidence)
+    return {"mean": mean, "lo": lo, "hi": hi, "n": len(x)}
 
 
 def layer_bands(rows: list[dict], measure: str, *, probe: str, pooling: str, confidence: float = 0.95) -> dict:

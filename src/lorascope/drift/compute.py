@@ -9,7 +9,6 @@ RBF CKA (n×n Gram matrices, pooled only, n ≤ ``rbf_max_n``).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from lorascope.drift.capture import batches, hidden_states, pool
 from lorascope.drift.cosine import CosineAccumulator
@@ -17,7 +16,10 @@ from lorascope.drift.gram import rbf_cka
 from lorascope.drift.similarity import LinearCKAAccumulator, SimilarityInputError
 
 
-def _base_stats(base, tokenizer, prompts, poolings, *, batch_size, max_length, device, bf16) -> dict:
+def base_statistics(base, tokenizer, prompts, poolings, *, batch_size, max_length, device, bf16) -> dict:
+    """Pass 1: the base model's per-dimension (mean, sd) per (layer, pooling) over the probes — what the
+    standardized cosine needs. Depends on the base model and probes only, so one pass serves any number of
+    ``layer_drift`` calls on the same probes (e.g. successive groups of tuned models)."""
     accs: dict = {}
     for ids, mask in batches(tokenizer, prompts, batch_size, max_length, device):
         for layer, h in enumerate(hidden_states(base, ids, mask, device, bf16)):
@@ -29,10 +31,13 @@ def _base_stats(base, tokenizer, prompts, poolings, *, batch_size, max_length, d
 
 def layer_drift(base, tuned: dict, tokenizer, prompts: list[str], *, batch_size: int, max_length: int, device,
                 bf16: bool = True, poolings=("mean", "last", "token"), rbf: bool = True, rbf_max_n: int = 4096,
-                sigma_factor: float = 0.8, progress=None) -> dict:
-    """``{model name: {pooling: [per-layer metrics dict, layer 0 = embeddings]}}``."""
-    stats = _base_stats(base, tokenizer, prompts, poolings, batch_size=batch_size, max_length=max_length,
-                        device=device, bf16=bf16)
+                sigma_factor: float = 0.8, progress=None, base_stats: dict | None = None) -> dict:
+    """``{model name: {pooling: [per-layer metrics dict, layer 0 = embeddings]}}``.
+
+    ``base_stats``: ``base_statistics`` of these probes, poolings and settings, when the caller already
+    has them (else computed here)."""
+    stats = base_stats if base_stats is not None else base_statistics(
+        base, tokenizer, prompts, poolings, batch_size=batch_size, max_length=max_length, device=device, bf16=bf16)
     cka: dict = {}
     cos: dict = {}
     kept: dict = {}

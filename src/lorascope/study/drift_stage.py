@@ -27,7 +27,7 @@ from lorascope.data.load import load_task
 from lorascope.drift import figures
 from lorascope.drift.aggregate import drift_scores, reduction_summary, t_band
 from lorascope.drift.capture import lm_loss
-from lorascope.drift.compute import layer_drift
+from lorascope.drift.compute import base_statistics, layer_drift
 from lorascope.drift.probes import ProbeSet, out_of_task_texts, probe_set
 from lorascope.io import atomic_write_json, atomic_write_text
 from lorascope.manifest import is_completed, run_manifest
@@ -77,6 +77,10 @@ def measure(cfg: StudyConfig, task: str, runs: list[dict], *, device, data_dir=N
     forgetting = [{"run": "base", "method": "base", "replicate": None, **lm_loss(base, tok, texts, **lm)}]
     layers: list[dict] = []
     by_name = {r["name"]: r for r in runs}
+    poolings = tuple(cfg.drift.poolings)
+    passes = dict(batch_size=cfg.drift.batch_size, max_length=cfg.drift.max_length, device=device, bf16=bf16)
+    # The base model's statistics per probe set, once — not again for every group of tuned models.
+    stats = {probe: base_statistics(base, tok, ps.prompts, poolings, **passes) for probe, ps in probes.items()}
     k = cfg.drift.models_per_pass
     for start in range(0, len(runs), k):
         chunk = runs[start : start + k]
@@ -86,10 +90,8 @@ def measure(cfg: StudyConfig, task: str, runs: list[dict], *, device, data_dir=N
             forgetting.append({"run": name, "method": by_name[name]["method"], "replicate": by_name[name]["replicate"],
                                **lm_loss(model, tok, texts, **lm)})
         for probe, ps in probes.items():
-            result = layer_drift(base, tuned, tok, ps.prompts, batch_size=cfg.drift.batch_size,
-                                 max_length=cfg.drift.max_length, device=device, bf16=bf16,
-                                 poolings=tuple(cfg.drift.poolings), rbf_max_n=cfg.drift.rbf_max_n,
-                                 sigma_factor=cfg.drift.rbf_sigma_factor)
+            result = layer_drift(base, tuned, tok, ps.prompts, poolings=poolings, rbf_max_n=cfg.drift.rbf_max_n,
+                                 sigma_factor=cfg.drift.rbf_sigma_factor, base_stats=stats[probe], **passes)
             layers += _layer_rows(result, by_name, probe)
         del tuned
         if device.type == "cuda":
