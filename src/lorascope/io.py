@@ -66,3 +66,13 @@ def atomic_dir(path: str | Path):
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON result file's content; a missing or malformed file is a ``DataError`` naming it."""
+    from lorascope.errors import DataError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read JSON ({exc})", path=str(path)) from None

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from lorascope.errors import DataError
+from lorascope.io import read_json
 from lorascope.manifest import MANIFEST, is_completed
 
 # Keys of results.json "test" that are counts or bookkeeping, not metrics.
@@ -44,13 +44,6 @@ class Training:
     notes: list[str] = field(default_factory=list)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read JSON ({exc})", path=str(path)) from None
-
-
 def load_training(out_dir: Path, task: str, replicates: list[int] | None = None) -> Training:
     """Completed final runs of ``task`` at each method's selected learning rate (``study.selection``: the
     HPO choice, else the lr with the most replicates); runs at other learning rates are noted."""
@@ -65,7 +58,7 @@ def load_training(out_dir: Path, task: str, replicates: list[int] | None = None)
             result.notes.append(f"{res_path.parent.name}: {why}, skipped")
     for sel in selected:
         res_path = sel["path"] / "results.json"
-        res = _read_json(res_path)
+        res = read_json(res_path)
         try:
             run = Run(name=sel["name"], task=task, method=sel["method"], lr=sel["lr"], replicate=sel["replicate"],
                       primary=res["primary"], path=sel["path"],
@@ -112,7 +105,7 @@ def _stage_file(folder: Path, name: str, stage: str, list_key: str) -> tuple[lis
         return None, f"{stage} stage did not run ({path} not found)"
     if not is_completed(folder):
         return None, f"{stage} stage did not complete ({folder / MANIFEST} does not say completed)"
-    rows = _read_json(path).get(list_key)
+    rows = read_json(path).get(list_key)
     if not isinstance(rows, list):
         raise DataError(f"expected a list under {list_key!r}", path=str(path))
     return rows, None

@@ -16,11 +16,11 @@ stats → ``section_hash`` over their section; report → all analysis sections 
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 from lorascope.config import config_hash, result_hash, section_hash
 from lorascope.config.schema import StudyConfig
+from lorascope.errors import LorascopeError
 from lorascope.study.dag import Dag
 from lorascope.study.runner import JobContext
 
@@ -145,10 +145,13 @@ def hpo_job(ctx: JobContext, task: str, method: str) -> dict:
 
 
 def train_job(ctx: JobContext, task: str, method: str, replicate: int) -> dict:
+    from lorascope.study.selection import hpo_choice
     from lorascope.train.run import RunSpec, run_training
 
     # The learning rate is chosen at run time by this (task, method)'s HPO job, a dependency of this one.
-    lr = json.loads((ctx.out_dir / task / "hpo" / method / "hpo.json").read_text())["best_lr"]
+    lr = hpo_choice(ctx.out_dir, task, method)
+    if lr is None:
+        raise LorascopeError(f"{ctx.out_dir / task / 'hpo' / method / 'hpo.json'} not found: run the HPO job first")
     spec = RunSpec(task, method, lr, replicate=replicate)
     if ctx.progress:
         ctx.progress(f"{task}: final run {spec.name}")

@@ -9,24 +9,16 @@ with the most completed replicates (ties: the smaller). Only runs whose manifest
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
-from lorascope.errors import DataError
+from lorascope.io import read_json
 from lorascope.manifest import is_completed
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read JSON ({exc})", path=str(path)) from None
 
 
 def hpo_choice(out_dir: Path, task: str, method: str) -> float | None:
     path = Path(out_dir) / task / "hpo" / method / "hpo.json"
-    return float(_read(path)["best_lr"]) if path.is_file() else None
+    return float(read_json(path)["best_lr"]) if path.is_file() else None
 
 
 def final_runs(out_dir: Path, task: str, replicates: list[int] | None = None) -> list[dict]:
@@ -36,7 +28,7 @@ def final_runs(out_dir: Path, task: str, replicates: list[int] | None = None) ->
     for res in sorted((Path(out_dir) / task / "runs").glob("*/results.json")):
         if not is_completed(res.parent):
             continue
-        spec = _read(res).get("run", {})
+        spec = read_json(res).get("run", {})
         if spec.get("hpo") or spec.get("task") != task or "method" not in spec:
             continue
         if replicates is not None and int(spec["replicate"]) not in replicates:
