@@ -1,7 +1,8 @@
 """The data stage of the study (§3, §7): per task — load, leakage check, statistics + figures, baselines.
 
 Each task gets its own output folder with a manifest; nothing is written as a result unless its stage
-finished (atomic writes, manifest status). Later stages (training, drift, ...) build on these folders.
+finished (atomic writes, manifest status). Later stages (training, drift, ...) build on these folders; the
+study DAG (``study/jobs.py``) runs them in order.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from lorascope.data.stats import dataset_stats, token_length_arrays
 from lorascope.data.types import TaskData
 from lorascope.io import atomic_write_json, atomic_write_text
 from lorascope.manifest import run_manifest
-from lorascope.models.tokenizer import load_tokenizer
 
 
 def data_files(data: TaskData) -> list[dict]:
@@ -79,32 +79,3 @@ def summary_markdown(cfg: StudyConfig, results: dict[str, dict], out_dir: Path) 
         lines += [f"Leakage check: {'passed' if leak['ok'] else 'FAILED'}; overlaps per split pair: `{shared}`", ""]
         lines += [baselines_markdown(res["baselines"]), ""]
     return "\n".join(lines)
-
-
-def run_foundation(cfg: StudyConfig, out_dir: Path, *, data_dir: str | None = None, progress=None,
-                   train: bool = True) -> dict:
-    """Data stage for every task, then (``train``) sanity gate, HPO and final runs; writes ``summary.md``."""
-    from lorascope.study.training import run_training_stage
-    from lorascope.study.drift_stage import drift_markdown, run_drift_stage
-    from lorascope.study.weights_stage import run_weights_stage, weights_markdown
-
-    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
-    with run_manifest(out_dir, cfg, command="run"):
-        results = {task: run_task_data_stage(cfg, task, out_dir / task, data_dir=data_dir, tokenizer=tokenizer,
-                                             progress=progress) for task in cfg.data.tasks}
-        summary = summary_markdown(cfg, results, out_dir)
-        if train:
-            training = run_training_stage(cfg, out_dir, data_dir=data_dir, progress=progress)
-            summary += "\n" + training["markdown"]
-            results["training"] = training
-            weights = run_weights_stage(cfg, out_dir, progress=progress, data_dir=data_dir)
-            summary += "\n" + weights_markdown(weights)
-            results["weights"] = weights
-            drift = {task: run_drift_stage(cfg, out_dir, task, data_dir=data_dir, progress=progress)
-                     for task in cfg.data.tasks}
-            drift = {task: r for task, r in drift.items() if r is not None}
-            if drift:
-                summary += "\n" + drift_markdown(drift)
-            results["drift"] = drift
-        atomic_write_text(out_dir / "summary.md", summary)
-    return results

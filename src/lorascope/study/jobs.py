@@ -3,9 +3,9 @@
 data (per task: load, leakage, stats, baselines) → sanity (task × method) → HPO (task × method) → final
 runs (task × method × replicate) → weights (per task), drift (per task), serving → statistics → report;
 zero-shot (per task) needs only the data. Every HPO job depends on *every* sanity gate, so a failed gate
-cancels the whole grid before any of it runs (the order ``study/training.py`` enforced sequentially).
+cancels the whole grid before any of it runs (a failed gate stops the study).
 
-Stages still being written (drift, serving, statistics, report) are included only when their module is
+The analysis stages (drift, serving, statistics, report) are included only when their module is
 importable (``find_spec``) and are imported only inside the job, where it runs.
 
 Config each kind reads (its ``relevant`` hash, part of the key): data → model, data, split/baseline seeds,
