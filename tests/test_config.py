@@ -114,3 +114,79 @@ def test_analysis_sections_do_not_change_the_training_identity():
     assert section_hash(base, "drift") != section_hash(changed, "drift")
     assert section_hash(base, "serve") != section_hash(changed, "serve")
     assert section_hash(base, "drift") != section_hash(load_config(None, ["ft.lr_grid=[1e-5]"]), "drift")
+
+
+# Issue 13 item 3: each of these was silent nonsense or a traceback; each must be a ConfigError naming the key.
+@pytest.mark.parametrize("override, needle", [
+    ("train.epochs.mrpc=-1", "train.epochs.mrpc"),        # was a "completed" run with 0 steps
+    ("train.epochs.squad_v2=0", "train.epochs.squad_v2"),
+    ("ft.lr_grid=[]", "ft.lr_grid"),                       # was an IndexError in hpo
+    ("lora.lr_grid=[0]", "lora.lr_grid.0"),
+    ("ft.lr_grid=[-1e-3]", "ft.lr_grid.0"),
+    ("ft.lr_grid=[1e-3, 1e-3]", "ft.lr_grid"),
+    ("sanity.lr.ft=-1", "sanity.lr.ft"),
+    ("data.subsample.train=-3", "data.subsample.train"),
+    ("data.subsample.test=0", "data.subsample.test"),
+    ("stats.confidence=.nan", "stats.confidence"),         # was a JSON traceback when the manifest was written
+    ("ft.weight_decay=.inf", "ft.weight_decay"),
+    ("serve.batch_sizes=[]", "serve.batch_sizes"),
+    ("serve.batch_sizes=[0,-1]", "serve.batch_sizes.0"),
+    ("serve.scenarios=[base, multi-x]", "serve.scenarios"),
+    ("serve.scenarios=[multi-1]", "serve.scenarios"),
+    ("lora.alpha=-2", "lora.alpha"),
+    ("lora.weight_decay=-0.1", "lora.weight_decay"),
+    ("ft.weight_decay=-0.01", "ft.weight_decay"),
+    ("stats.drift_reduction_threshold=1.5", "stats.drift_reduction_threshold"),
+    ("stats.confidence=1", "stats.confidence"),
+    ("stats.overhead_threshold=0", "stats.overhead_threshold"),
+    ("train.micro_batch=true", "train.micro_batch"),       # was silently 1
+    ("train.effective_batch='16'", "train.effective_batch"),
+    ("seeds.replicates=[-1]", "seeds.replicates.0"),
+    ("train.methods=[]", "train.methods"),
+    ("baselines.percentiles=[97.5, 2.5]", "baselines.percentiles"),
+])
+def test_out_of_range_values_are_config_errors(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "configs" / "demo.yaml", [override])
+    text = str(err.value)
+    assert needle in text and "demo.yaml" in text
+    assert "[type=" not in text  # pydantic's raw error text is not shown
+
+
+def test_duplicate_key_and_binary_file_are_config_errors(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("train:\n  micro_batch: 4\n  effective_batch: 16\n  micro_batch: 8\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml.*duplicate key 'micro_batch' \(first at line 2\)"):
+        load_config(dup)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match=r"bin\.yaml.*not a UTF-8 text file"):
+        load_config(binary)
+    nul = tmp_path / "nul.yaml"
+    nul.write_bytes(b"name: x\x00\n")
+    with pytest.raises(ConfigError, match="NUL"):
+        load_config(nul)
+
+
+def test_exponent_floats_are_floats_as_in_yaml_1_2(tmp_path):
+    """PyYAML reads ``1e-3`` as a string (YAML 1.1); a strict schema would reject it — read as a number."""
+    f = tmp_path / "lr.yaml"
+    f.write_text("ft:\n  lr_grid: [1e-5, 2E-5, 5.0e-5]\nlora:\n  alpha: 1e1\n")
+    cfg = load_config(f)
+    assert cfg.ft.lr_grid == [1e-5, 2e-5, 5e-5] and cfg.lora.alpha == 10.0
+    assert parse_overrides(["x=1e-3", "y=10", "z=abc"]) == [("x", 1e-3), ("y", 10), ("z", "abc")]
+
+
+def test_config_error_shows_values_not_python_reprs():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["serve.batch_sizes=[0]", "ft.lr_grid=[1e-3, 1e-3]"])
+    assert "(got [0.001, 0.001])" in str(err.value) and "(got 0)" in str(err.value)
+
+
+def test_bad_learning_rate_on_the_command_line():
+    from lorascope.errors import LorascopeError
+    from lorascope.train.run import RunSpec
+
+    for lr in (0.0, -1e-3, float("nan"), float("inf")):
+        with pytest.raises(LorascopeError, match="learning rate"):
+            RunSpec("mrpc", "ft", lr)

@@ -97,11 +97,13 @@ def _mirror_with(tmp_path: Path, data_dir: Path, name: str, content: str) -> Pat
 
 
 @pytest.mark.parametrize("content, needle", [
-    ("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\n1\t1\t2\ta\n", "missing column(s) ['#2 String']"),
+    ("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\n1\t1\t2\ta\n", "missing column(s) #2 String;"),
     (MRPC_HEADER + "1\t1\t2\ta\tb\n2\t3\t4\tc\td\n", "line 3: bad label '2'"),
     (MRPC_HEADER + "1\t1\t2\ta\tb\n0\t3\t4\tc\n", "line 3: expected 5 tab-separated fields, got 4"),
     (MRPC_HEADER + "1\t1\t2\ta\t \n", "line 2: empty sentence"),
     ("", "empty file"),
+    # a repeated row: its id would collide in every per-example comparison (McNemar aligns by id)
+    (MRPC_HEADER + "1\t1\t2\ta\tb\n0\t3\t4\tc\td\n1\t1\t2\ta\tb\n", "line 4: duplicate pair 1-2 (first at line 2)"),
 ])
 def test_mrpc_corruptions(tmp_path, data_dir, content, needle):
     root = _mirror_with(tmp_path, data_dir, "dev.tsv", content)
@@ -143,11 +145,19 @@ def test_squad_parses_tiny():
     (lambda t: t["data"][0]["paragraphs"][0]["qas"][0]["answers"][0].update(answer_start=5),
      "data[0].paragraphs[0].qas[0] (id=q1): answers[0].answer_start=5 does not point at its text 'cat'"),
     (lambda t: t["data"][0]["paragraphs"][0]["qas"][0].pop("question"), "data[0].paragraphs[0].qas[0]: missing field 'question'"),
-    (lambda t: t["data"][0]["paragraphs"][0].pop("context"), "data[0].paragraphs[0]: paragraph needs a 'context'"),
+    (lambda t: t["data"][0]["paragraphs"][0].pop("context"), "data[0].paragraphs[0]: paragraph needs a non-empty 'context'"),
     (lambda t: t["data"][0]["paragraphs"][0]["qas"][1].update(id="q1"), "duplicate question id 'q1'"),
     (lambda t: t.pop("data"), "expected a JSON object with a 'data' list"),
     (lambda t: t["data"][0]["paragraphs"][0]["qas"][1].update(answers=[{"text": "cat", "answer_start": 4}]),
      "is_impossible is true but answers are given"),
+    (lambda t: t["data"][0]["paragraphs"][0]["qas"][1].update(answers=None),
+     "qas[1] (id=q2): field 'answers' must be a list (unanswerable: []), got NoneType"),
+    (lambda t: t["data"][0]["paragraphs"][0]["qas"][0].update(question="  "),
+     "qas[0] (id=q1): field 'question' must be a non-empty string"),
+    (lambda t: t["data"][0]["paragraphs"][0]["qas"][0].update(id=""), "qas[0]: field 'id' must be a non-empty string"),
+    (lambda t: t["data"][0]["paragraphs"][0]["qas"][0]["answers"][0].update(text="", answer_start=0),
+     "answers[0].text must be a non-empty string"),
+    (lambda t: t["data"][0]["paragraphs"][0].update(context=""), "paragraph needs a non-empty 'context'"),
 ])
 def test_squad_corruptions(tmp_path, mutate, needle):
     tree = _tiny_squad()

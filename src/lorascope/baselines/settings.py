@@ -5,9 +5,11 @@ Every number here is a default, not a constant in code: the baselines read them 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Percent = Annotated[float, Field(ge=0, le=100)]
 
 
 class BaselinesConfig(BaseModel):
@@ -27,10 +29,11 @@ class BaselinesConfig(BaseModel):
     * ``literature`` -- attach the literature table (other models' published numbers) to outputs.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # As the study schema: strict types (no bool → int), no inf/nan.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
     random_draws: int = Field(1000, ge=1)
-    percentiles: tuple[float, float] = (2.5, 97.5)
+    percentiles: tuple[Percent, Percent] = Field((2.5, 97.5), strict=False)  # a YAML list is fine
     lexical_C: float = Field(1.0, gt=0)
     lexical_max_iter: int = Field(1000, ge=10)
     span_max_words: int = Field(5, ge=1)
@@ -38,3 +41,10 @@ class BaselinesConfig(BaseModel):
     span_idf: Literal["train_contexts", "context_sentences"] = "train_contexts"
     span_proximity: Literal["linear", "none"] = "linear"
     literature: bool = True
+
+    @field_validator("percentiles")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] >= v[1]:
+            raise ValueError("percentiles must be (lower, upper) with lower < upper")
+        return v

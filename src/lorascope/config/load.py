@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,35 @@ from pydantic import ValidationError
 
 from lorascope.config.schema import StudyConfig
 from lorascope.errors import ConfigError
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with two fixes: a key repeated in one mapping is an error (PyYAML keeps the last
+    silently), and ``1e-3`` is a float as in YAML 1.2 (PyYAML follows YAML 1.1, where a float needs a dot,
+    so ``lr: 1e-3`` would be the string "1e-3")."""
+
+
+def _no_duplicate_keys(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+# The YAML 1.2 core-schema float (plus YAML 1.1's .inf/.nan spellings, which the schema then rejects).
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 — StrictLoader is a SafeLoader
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
@@ -27,7 +57,7 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted KEY, e.g. train.micro_batch=4")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
         parsed.append((key, value))
@@ -73,8 +103,16 @@ def _format_validation(exc: ValidationError, source: str) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"  unknown key {loc!r}")
         else:
-            lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"  {loc}: {err['msg']} (got {_show(err.get('input'))})")
     return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it (JSON/YAML-like), never a Python repr."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):  # nan/inf, or an object pydantic passed through
+        return str(value)
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -82,7 +120,13 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path}: not a UTF-8 text file (byte {exc.start}: {exc.reason})") from None
+    if "\x00" in text:
+        raise ConfigError(f"config {path}: not a text file (it contains NUL bytes)")
+    try:
+        tree = yaml_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {path}: not valid YAML: {exc}") from None
     if tree is None:

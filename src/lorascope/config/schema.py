@@ -6,7 +6,8 @@ Defaults describe the *real* study (§2–§6); ``configs/demo.yaml`` shrinks it
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -14,7 +15,23 @@ from lorascope.baselines.settings import BaselinesConfig
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: no silent coercion (``micro_batch: true`` is not 1, ``"3"`` is not 3); allow_inf_nan=False: a
+    # ``.inf``/``.nan`` in YAML is an error here, not a crash when the config is written as JSON.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+
+
+# Constrained value types (pydantic ``Annotated``), so every list or dict entry is checked like a field.
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+LrGrid = Annotated[list[PositiveFloat], Field(min_length=1)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+_SCENARIO = re.compile(r"^(base|merged|unmerged-1|multi-([2-9]|[1-9][0-9]+))$")
+
+
+def _distinct(values: list, what: str) -> list:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} must not repeat a value")
+    return values
 
 
 class ModelConfig(_Strict):
@@ -33,7 +50,8 @@ class SquadSplitConfig(_Strict):
     """How SQuAD v2 splits are made (§3). Fractions/counts are of *articles* (titles)."""
 
     validation_fraction: float = Field(0.05, gt=0, lt=1)
-    dev_only_articles: tuple[int, int, int] = (25, 5, 5)
+    # strict=False: a YAML/JSON list is accepted for the tuple (strict mode would demand a Python tuple).
+    dev_only_articles: tuple[PositiveInt, PositiveInt, PositiveInt] = Field((25, 5, 5), strict=False)
 
 
 class DataConfig(_Strict):
@@ -48,7 +66,7 @@ class DataConfig(_Strict):
     squad: SquadSplitConfig = SquadSplitConfig()
     # Optional per-split caps (None = all). The demo uses them to fit 2 CPU cores; each cap is a
     # seeded sample, recorded in every output.
-    subsample: dict[Literal["train", "validation", "test"], int | None] = {}
+    subsample: dict[Literal["train", "validation", "test"], PositiveInt | None] = {}
     probe_size: int = Field(1000, ge=1)
     stats_samples: int = Field(3, ge=0)
 
@@ -70,44 +88,48 @@ class SeedsConfig(_Strict):
     probe: int = 0
     bootstrap: int = 0
     baselines: int = 0
-    replicates: list[int] = [0, 1, 2, 3, 4]
+    replicates: list[Annotated[int, Field(ge=0)]] = [0, 1, 2, 3, 4]
 
     @field_validator("replicates")
     @classmethod
     def _replicates(cls, v: list[int]) -> list[int]:
         if len(v) < 1 or len(set(v)) != len(v):
-            raise ValueError("replicates must be a non-empty list of distinct ints")
+            raise ValueError("replicates must be a non-empty list of distinct ints ≥ 0")
         return v
 
 
 class FTConfig(_Strict):
     """Full fine-tuning (§5)."""
 
-    lr_grid: list[float] = [1e-5, 2e-5, 5e-5]
-    weight_decay: float = 0.01
+    lr_grid: LrGrid = [1e-5, 2e-5, 5e-5]
+    weight_decay: float = Field(0.01, ge=0)
+
+    _grid = field_validator("lr_grid")(lambda v: _distinct(v, "lr_grid"))
 
 
 class LoRAConfig(_Strict):
     """LoRA (§5). ``preset`` picks target modules: ``lora`` = all linear layers, ``lora_qv`` = q,v."""
 
     r: int = Field(8, ge=1)
-    alpha: float = 16.0
+    alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     preset: Literal["lora", "lora_qv"] = "lora"
-    target_modules: list[str] | None = None
-    lr_grid: list[float] = [1e-4, 2e-4, 5e-4, 1e-3]
-    weight_decay: float = 0.0
+    target_modules: list[str] | None = Field(None, min_length=1)
+    lr_grid: LrGrid = [1e-4, 2e-4, 5e-4, 1e-3]
+    weight_decay: float = Field(0.0, ge=0)
+
+    _grid = field_validator("lr_grid")(lambda v: _distinct(v, "lr_grid"))
 
 
 class TrainConfig(_Strict):
     """Shared optimisation settings (§5)."""
 
-    methods: list[Literal["ft", "lora", "lora_qv"]] = ["ft", "lora"]
+    methods: list[Literal["ft", "lora", "lora_qv"]] = Field(["ft", "lora"], min_length=1)
     effective_batch: int = Field(16, ge=1)
     micro_batch: int = Field(16, ge=1)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
-    epochs: dict[Literal["mrpc", "squad_v2"], float] = {"mrpc": 3, "squad_v2": 2}
+    epochs: dict[Literal["mrpc", "squad_v2"], PositiveFloat] = {"mrpc": 3, "squad_v2": 2}
     evals_per_epoch: int = Field(3, ge=1)
     bf16_on_cuda: bool = True
     eval_batch_size: int = Field(16, ge=1)
@@ -119,6 +141,8 @@ class TrainConfig(_Strict):
     checkpoint_every: int | None = Field(None, ge=1)  # steps; None = at each validation and at the end
     # Cap on optimizer steps: total = min(max_steps, epochs × steps per epoch); None = epochs decide.
     max_steps: int | None = Field(None, ge=1)
+
+    _methods = field_validator("methods")(lambda v: _distinct(v, "methods"))
 
     @model_validator(mode="after")
     def _accumulation(self) -> "TrainConfig":
@@ -135,15 +159,15 @@ class SanityConfig(_Strict):
     n_examples: int = Field(10, ge=1)
     max_steps: int = Field(300, ge=1)
     loss_threshold: float = Field(0.05, gt=0)
-    lr: dict[Literal["ft", "lora", "lora_qv"], float] = {"ft": 5e-5, "lora": 1e-3, "lora_qv": 1e-3}
+    lr: dict[Literal["ft", "lora", "lora_qv"], PositiveFloat] = {"ft": 5e-5, "lora": 1e-3, "lora_qv": 1e-3}
 
 
 class HPOConfig(_Strict):
     """Learning-rate search on validation only (§5): the full grid by default, or Optuna TPE."""
 
     sampler: Literal["grid", "tpe"] = "grid"
-    n_trials: int | None = None  # TPE budget; None = the grid's size
-    replicate: int = 0  # HPO runs at seed 0 (§5)
+    n_trials: PositiveInt | None = None  # TPE budget; None = the grid's size
+    replicate: int = Field(0, ge=0)  # HPO runs at seed 0 (§5)
     storage: str | None = None  # optuna URL; None = sqlite in the study folder
 
 
@@ -164,7 +188,7 @@ class OutputConfig(_Strict):
 class DriftConfig(_Strict):
     """Representation drift (§8): probe prompts through the base and every tuned model."""
 
-    poolings: list[Literal["mean", "last", "token"]] = ["mean", "last", "token"]
+    poolings: list[Literal["mean", "last", "token"]] = Field(["mean", "last", "token"], min_length=1)
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(512, ge=8)  # probe prompts are cut here (equal for base and tuned)
     rbf_sigma_factor: float = Field(0.8, gt=0)  # σ = factor × median pairwise distance (§8)
@@ -178,9 +202,9 @@ class DriftConfig(_Strict):
 class ServeConfig(_Strict):
     """Deployment benchmark (§10): scenarios × batch sizes × backends."""
 
-    backends: list[Literal["hf-peft", "native", "vllm"]] = ["hf-peft", "native"]
-    scenarios: list[str] = ["base", "merged", "unmerged-1", "multi-2", "multi-4", "multi-8"]
-    batch_sizes: list[int] = [1, 2, 4, 8, 16]
+    backends: list[Literal["hf-peft", "native", "vllm"]] = Field(["hf-peft", "native"], min_length=1)
+    scenarios: list[str] = Field(["base", "merged", "unmerged-1", "multi-2", "multi-4", "multi-8"], min_length=1)
+    batch_sizes: list[PositiveInt] = Field([1, 2, 4, 8, 16], min_length=1)
     output_modes: list[Literal["fixed", "natural"]] = ["fixed", "natural"]
     new_tokens: int = Field(64, ge=2)
     requests: int = Field(30, ge=1)  # timed requests per cell (§10: ≥ 30)
@@ -190,6 +214,17 @@ class ServeConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     cuda_graphs: bool = True
 
+    _backends = field_validator("backends")(lambda v: _distinct(v, "backends"))
+    _batches = field_validator("batch_sizes")(lambda v: _distinct(v, "batch_sizes"))
+
+    @field_validator("scenarios")
+    @classmethod
+    def _scenarios(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not _SCENARIO.match(s)]
+        if bad:
+            raise ValueError(f"unknown scenario {', '.join(bad)}: expected base, merged, unmerged-1 or multi-<k>, k ≥ 2")
+        return _distinct(v, "scenarios")
+
 
 class StatsConfig(_Strict):
     """Statistics and success criteria (§11, §12)."""
@@ -197,7 +232,7 @@ class StatsConfig(_Strict):
     confidence: float = Field(0.95, gt=0, lt=1)
     bootstrap_resamples: int = Field(10_000, ge=100)
     equivalence_margin: float = Field(3.0, gt=0)  # points (criterion A, TOST)
-    drift_reduction_threshold: float = Field(0.2, gt=0)  # criterion B
+    drift_reduction_threshold: float = Field(0.2, gt=0, lt=1)  # criterion B (a reduction is at most 100%)
     overhead_threshold: float = Field(0.3, gt=0)  # criterion C
 
 

@@ -28,9 +28,11 @@ def read_mrpc_tsv(path: Path) -> list[MrpcExample]:
     header = tuple(lines[0].rstrip("\r").split("\t"))
     missing = [c for c in HEADER if c not in header]
     if missing:
-        raise DataError(f"missing column(s) {missing}; header is {list(header)}", path=str(path), row="line 1")
+        raise DataError(f"missing column(s) {', '.join(missing)}; the header has {', '.join(header)}", path=str(path),
+                        row="line 1")
     col = {name: header.index(name) for name in HEADER}
     examples = []
+    first_line: dict[str, int] = {}  # pair id → line, so a repeated row is an error (ids key predictions)
     for lineno, line in enumerate(lines[1:], start=2):
         fields = line.rstrip("\r").split("\t")
         if len(fields) != len(header):
@@ -41,9 +43,12 @@ def read_mrpc_tsv(path: Path) -> list[MrpcExample]:
         s1, s2 = fields[col["#1 String"]], fields[col["#2 String"]]
         if not s1.strip() or not s2.strip():
             raise DataError("empty sentence", path=str(path), row=f"line {lineno}")
-        examples.append(
-            MrpcExample(id=f"{fields[col['#1 ID']]}-{fields[col['#2 ID']]}", sentence1=s1, sentence2=s2, label=int(label_text))
-        )
+        pair_id = f"{fields[col['#1 ID']].strip()}-{fields[col['#2 ID']].strip()}"
+        if pair_id in first_line:
+            raise DataError(f"duplicate pair {pair_id} (first at line {first_line[pair_id]}): example ids must be unique",
+                            path=str(path), row=f"line {lineno}")
+        first_line[pair_id] = lineno
+        examples.append(MrpcExample(id=pair_id, sentence1=s1, sentence2=s2, label=int(label_text)))
     return examples
 
 
@@ -59,7 +64,7 @@ def load_mrpc_mirror(data_dir: Path) -> TaskData:
 
 def records_to_examples(records: Iterable[Mapping], where: str) -> list[MrpcExample]:
     """Hub records (``sentence1, sentence2, label, idx``) → examples. Labels must be 0/1."""
-    out = []
+    out, seen = [], set()
     for i, rec in enumerate(records):
         try:
             s1, s2, label, idx = rec["sentence1"], rec["sentence2"], rec["label"], rec["idx"]
@@ -67,6 +72,9 @@ def records_to_examples(records: Iterable[Mapping], where: str) -> list[MrpcExam
             raise DataError(f"missing column {exc.args[0]!r}", path=where, row=i) from None
         if label not in (0, 1):
             raise DataError(f"bad label {label!r} (expected 0 or 1)", path=where, row=i)
+        if f"glue-{idx}" in seen:
+            raise DataError(f"duplicate idx {idx}", path=where, row=i)
+        seen.add(f"glue-{idx}")
         out.append(MrpcExample(id=f"glue-{idx}", sentence1=s1, sentence2=s2, label=int(label)))
     return out
 

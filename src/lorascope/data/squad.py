@@ -32,11 +32,20 @@ def _qa_to_example(qa: Mapping, title: str, context: str, path: str, where: str)
     for key in ("id", "question", "answers"):
         if key not in qa:
             raise DataError(f"missing field {key!r}", path=path, row=where)
+    if not isinstance(qa["id"], (str, int)) or str(qa["id"]).strip() == "":
+        raise DataError("field 'id' must be a non-empty string", path=path, row=where)
+    if not isinstance(qa["question"], str) or not qa["question"].strip():
+        raise DataError("field 'question' must be a non-empty string", path=path, row=f"{where} (id={qa['id']})")
+    if not isinstance(qa["answers"], list):  # null or a single object: unanswerable questions have []
+        raise DataError(f"field 'answers' must be a list (unanswerable: []), got {type(qa['answers']).__name__}",
+                        path=path, row=f"{where} (id={qa['id']})")
     texts, starts = [], []
     for j, ans in enumerate(qa["answers"]):
         if not isinstance(ans, Mapping) or "text" not in ans or "answer_start" not in ans:
             raise DataError(f"answers[{j}] needs 'text' and 'answer_start'", path=path, row=f"{where} (id={qa['id']})")
         text, start = ans["text"], ans["answer_start"]
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"answers[{j}].text must be a non-empty string", path=path, row=f"{where} (id={qa['id']})")
         if not isinstance(start, int) or context[start : start + len(text)] != text:
             found = context[start : start + len(text)] if isinstance(start, int) else None
             raise DataError(
@@ -64,8 +73,9 @@ def parse_squad_json(tree: object, path: str) -> list[SquadExample]:
             raise DataError("article needs 'title' and a 'paragraphs' list", path=path, row=f"data[{a}]")
         for p, para in enumerate(article["paragraphs"]):
             where_p = f"data[{a}].paragraphs[{p}]"
-            if not isinstance(para, Mapping) or not isinstance(para.get("context"), str) or not isinstance(para.get("qas"), list):
-                raise DataError("paragraph needs a 'context' string and a 'qas' list", path=path, row=where_p)
+            if (not isinstance(para, Mapping) or not isinstance(para.get("context"), str)
+                    or not para["context"].strip() or not isinstance(para.get("qas"), list)):
+                raise DataError("paragraph needs a non-empty 'context' string and a 'qas' list", path=path, row=where_p)
             for q, qa in enumerate(para["qas"]):
                 ex = _qa_to_example(qa, article["title"], para["context"], path, f"{where_p}.qas[{q}]")
                 if ex.id in seen:

@@ -49,6 +49,16 @@ class RunSpec:
     replicate: int = 0
     hpo: bool = False
 
+    def __post_init__(self) -> None:
+        import math
+
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise LorascopeError(f"learning rate must be a finite number > 0, got {self.lr}")
+        if self.method not in METHODS:
+            raise LorascopeError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        if self.replicate < 0:
+            raise LorascopeError(f"replicate must be ≥ 0, got {self.replicate}")
+
     @property
     def name(self) -> str:
         return f"{self.task}-{self.method}-lr{self.lr:g}-r{self.replicate}" + ("-hpo" if self.hpo else "")
