@@ -59,3 +59,21 @@ def squad_data(demo_config):
     from lorascope.data.load import load_task
 
     return load_task("squad_v2", demo_config.data, seed=0)
+
+
+# ---- tolerances -----------------------------------------------------------------------------------------
+# Float32 results differ between CPUs (BLAS kernels pick other blockings, so sums run in another order) and
+# between batch shapes / rank counts on one CPU. Every float32 comparison is therefore relative to the scale of
+# the values compared, in units of float32's machine epsilon, with the reason at the call site.
+EPS32 = 2.0**-23  # torch.finfo(torch.float32).eps
+
+
+def assert_close_to_scale(got, want, *, ulps: float, floor: float = 0.0, what: str = "") -> None:
+    """``|got − want| ≤ ulps · eps32 · max|want| (+ floor)`` elementwise: an error bound that scales with the
+    tensor's magnitude (what rounding produces), not a fixed absolute number (which fails on large values and
+    proves nothing on small ones)."""
+    import torch
+
+    got, want = torch.as_tensor(got), torch.as_tensor(want)
+    atol = ulps * EPS32 * float(want.abs().max()) + floor
+    torch.testing.assert_close(got, want, rtol=0.0, atol=atol, msg=lambda m: f"{what}: {m} (atol {atol:.3g})")

@@ -272,3 +272,21 @@ def test_real_mrpc_majority_on_msrp_test(mrpc_mirror):
     assert (len(train), len(test)) == (3668, 1725)
     m = mrpc_majority(train, test)["metrics"]
     assert (round(m["accuracy"], 2), round(m["f1"], 2)) == (66.49, 79.87)
+
+
+@pytest.mark.parametrize("make, names", [(mrpc_data, ("majority", "stratified_random")),
+                                         (squad_data, ("always_no_answer", "stratified_random"))])
+def test_trivial_baselines_carry_per_example_primary_scores(make, names):
+    """The validity gate (§12) compares each method with these per test example: their mean must be the
+    baseline's own (expected) primary metric, and the lexical baseline is not trivial."""
+    res = run_baselines(make(), BaselinesConfig(random_draws=10), 0)
+    trivial = [b for b in res["baselines"] if b["trivial"]]
+    assert tuple(b["name"] for b in trivial) == names
+    test_ids = {ex.id for ex in make()["test"]}
+    for b in trivial:
+        scores = b["per_example"]["scores"]
+        assert set(scores) == test_ids and all(0.0 <= v <= 1.0 for v in scores.values())
+        m = b["metrics"]
+        want = m.get("accuracy", m.get("expected_accuracy")) if res["task"] == "mrpc" else m.get("f1", m.get("expected_f1"))
+        assert 100 * np.mean(list(scores.values())) == pytest.approx(want, rel=1e-12)
+    assert not any(b["trivial"] for b in res["baselines"] if b["name"].endswith("lexical"))

@@ -21,15 +21,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO
+from tests.conftest import REPO, assert_close_to_scale
 
 pytestmark = pytest.mark.integration
 
 STEPS = 6
+LR = 5e-3
+# AdamW moves a weight by ≲ lr per step: reordered float32 sums can shift it by lr·steps times their relative error.
+ADAM_FLOOR = LR * STEPS * 1e-4
 
 
 def _args(data_dir, model_dir, method, extra=()):
-    return ["train", "--task", "mrpc", "--method", method, "--lr", "5e-3", "--config", str(REPO / "configs" / "demo.yaml"),
+    return ["train", "--task", "mrpc", "--method", method, "--lr", str(LR), "--config", str(REPO / "configs" / "demo.yaml"),
             f"data.data_dir={data_dir}", f"model.name_or_path={model_dir}",
             "data.subsample={train: 48, validation: 12, test: 12}", "train.effective_batch=8", "train.micro_batch=4",
             f"train.max_steps={STEPS}", "train.evals_per_epoch=2", "train.eval_batch_size=12", "train.checkpoint_every=1",
@@ -81,9 +84,15 @@ def runs(tmp_path_factory, data_dir, model_dir):
 @pytest.mark.parametrize("method", ["ft", "lora"])
 def test_ddp_two_ranks_match_one_rank_with_accumulation(runs, method):
     one, two = curve(runs / f"single-{method}"), curve(runs / f"ddp-{method}")
-    assert len(one) == STEPS and two == pytest.approx(one, rel=1e-6)
+    # One rank with accumulation 2 and two ranks sum the same float32 micro-batch gradients in another order (the
+    # all-reduce); that reorders float32 sums (≈ 1e-7 relative) and, through AdamW, moves each weight by at most
+    # ≈ lr per step times that relative error. A real bug (a gradient averaged twice, a wrong mask) moves the
+    # loss by > 1e-2 relative: rel 1e-4 on the curve and 64 ulps of each tensor's scale (+ lr·steps·1e-4) on the
+    # weights separate the two on any CPU. Bit-identical was observed on one CPU.
+    assert len(one) == STEPS and two == pytest.approx(one, rel=1e-4)
     a, b = final_weights(runs / f"single-{method}"), final_weights(runs / f"ddp-{method}")
-    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)
+    for k in a:
+        assert_close_to_scale(b[k], a[k], ulps=64, floor=ADAM_FLOOR, what=k)
     r1 = json.loads((runs / f"single-{method}" / "results.json").read_text())
     r2 = json.loads((runs / f"ddp-{method}" / "results.json").read_text())
     assert r2["world_size"] == 2 and r2["strategy"] == "ddp" and r1["test"] == r2["test"]
@@ -102,7 +111,7 @@ def test_only_rank_zero_writes(runs, method):
 
 def test_fsdp_two_ranks_match(runs, tmp_path, data_dir, model_dir):
     torchrun(tmp_path / "fsdp", _args(data_dir, model_dir, "ft", ["train.strategy=fsdp"]))
-    assert curve(tmp_path / "fsdp") == pytest.approx(curve(runs / "single-ft"), rel=1e-5)
+    assert curve(tmp_path / "fsdp") == pytest.approx(curve(runs / "single-ft"), rel=1e-4)  # as the DDP test
     res = json.loads((tmp_path / "fsdp" / "results.json").read_text())
     assert res["strategy"] == "fsdp" and "test" in res
 
@@ -145,5 +154,6 @@ def test_killed_ddp_run_resumes(runs, tmp_path, data_dir, model_dir, resume_rank
     assert any(e.get("event") == "resumed" for e in events)
     ref = final_weights(runs / "ddp-lora")
     got = final_weights(out)
-    assert all(torch.allclose(ref[k], got[k], rtol=1e-6, atol=1e-8) for k in ref)
-    assert curve(out) == pytest.approx(curve(runs / "ddp-lora"), rel=1e-6)
+    for k in ref:  # same reasoning as the DDP test (a resumed run may reduce in another order on 1 rank)
+        assert_close_to_scale(got[k], ref[k], ulps=64, floor=ADAM_FLOOR, what=k)
+    assert curve(out) == pytest.approx(curve(runs / "ddp-lora"), rel=1e-4)

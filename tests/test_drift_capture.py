@@ -60,7 +60,11 @@ def test_batching_does_not_change_results(models, tokenizer, mrpc_data):
     kw = dict(max_length=512, device=CPU, poolings=("mean", "token"), rbf=False)
     a = layer_drift(base, {"n": noisy}, tokenizer, prompts, batch_size=30, **kw)["n"]
     b = layer_drift(base, {"n": noisy}, tokenizer, prompts, batch_size=7, **kw)["n"]
+    # Other batch shapes run other float32 kernels (and other padding), so activations differ by a few ulps
+    # (≈ 1e-7 relative, more through 5 layers); CKA and cosine are scale-free ratios of float64 sums of those
+    # activations and move by the same order. 1e-5 is ≥ 10× that on any CPU, while a batching bug (pads
+    # leaking into a pooled mean, rows mixed up) moves them by > 1e-3.
     for how in ("mean", "token"):
         for ra, rb in zip(a[how], b[how]):
-            assert ra["linear_cka_debiased"] == pytest.approx(rb["linear_cka_debiased"], abs=1e-6)
-            assert ra["cosine_mean"] == pytest.approx(rb["cosine_mean"], abs=1e-6)
+            assert ra["linear_cka_debiased"] == pytest.approx(rb["linear_cka_debiased"], abs=1e-5)
+            assert ra["cosine_mean"] == pytest.approx(rb["cosine_mean"], abs=1e-5)

@@ -371,3 +371,26 @@ def test_cli_errors_name_the_file(cli, tmp_path, problem: str, match: str) -> No
     assert result.exit_code == 2, all_output(result)
     text = " ".join(all_output(result).split())
     assert match in text and "bad.npy" in text
+
+
+def test_standardized_cosine_is_undefined_when_the_base_has_a_constant_dimension() -> None:
+    """A constant base dimension has no scale: the tuned model's movement there would swamp the rest (issue 13
+    saw 1.7e-5 next to a raw cosine of 0.978). Undefined, with a note — never a silent number."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 8))
+    X[:, 3] = 2.0  # constant over the probes in the base
+    Y = X + 0.05 * rng.normal(size=X.shape)  # the tuned model moves a little, there too
+    res = cosine_similarity(X, Y)
+    assert res["cosine_mean"] > 0.99
+    assert res["cosine_standardized_mean"] is None and res["cosine_standardized_ci95"] is None
+    assert "constant over the probes in 1 of 8 dimensions" in res["cosine_standardized_note"]
+    X[:, 3] = rng.normal(size=50)  # the same data with that dimension varying: defined again
+    assert cosine_similarity(X, X + 0.05 * rng.normal(size=X.shape))["cosine_standardized_mean"] > 0.9
+
+
+def test_bands_say_where_the_t_interval_left_the_range() -> None:
+    from lorascope.drift.aggregate import t_band
+
+    band = t_band([0.001, 0.002, 0.12], bounds=(0.0, None))  # drift ≥ 0; the raw t-interval goes below 0
+    assert band["lo"] == 0.0 and band["clipped"] == ["lower"] and band["hi"] > band["mean"]
+    assert "clipped" not in t_band([0.5, 0.6, 0.7], bounds=(0.0, 1.0))

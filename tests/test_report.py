@@ -93,9 +93,13 @@ def test_report_is_deterministic(results: Path):
 
 def test_verdict_badges_and_content(results: Path):
     md = (write_report(results).parent / "report.md").read_text(encoding="utf-8")
-    assert "| mrpc | **✔ met** | **✔ met** | **✔ met** | **✔ met** |" in md
-    assert "| squad_v2 | **✔ met** | **✘ not met** | **? inconclusive** | **? inconclusive** |" in md
-    assert "| all tasks |  |  |  | **? inconclusive** |" in md  # Kleene AND over tasks
+    assert "| mrpc | **✔ passed** | **✔ met** | **✔ met** | **✔ met** | **✔ met** |" in md
+    # the gate failed for SQuAD: not assessable whatever A, B and C say, and so is the study
+    assert "| squad_v2 | **⊘ not assessable** | **✔ met** | **✘ not met** | **? inconclusive** | **⊘ not assessable** |" in md
+    assert "| all tasks |  |  |  |  | **⊘ not assessable** |" in md
+    # ... and the report says so first, with the numbers, before its contents
+    first = md.index("> **⊘ squad_v2: not assessable")
+    assert first < md.index("## Contents") and "always_no_answer 50.07" in md[first:md.index("## Contents")]
     assert "> **Caveat:** Synthetic fixture" in md
     assert "dev-only" in md and "2 seeds (protocol: 5" in md
     assert "Missing stages" not in md

@@ -120,3 +120,20 @@ def test_apply_holm_within_families_only():
     apply_holm(tests)
     assert [t["p_holm"] for t in tests] == pytest.approx([0.02, 0.04, 0.04, None])
     assert tests[0]["family_size"] == 2 and tests[2]["family_size"] == 1
+
+
+def test_one_sided_bootstrap_p():
+    """H1: mean(a − b) > 0. A clear positive difference gets a small p, a negative one p ≥ ½, and the count is
+    the shift method's: #{m*_b − m ≥ m}."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random(200) + 0.2, rng.random(200)
+    up = paired_bootstrap(a, b, resamples=2000, rng=np.random.default_rng(1), alternative="greater")
+    down = paired_bootstrap(b, a, resamples=2000, rng=np.random.default_rng(1), alternative="greater")
+    assert up["p"] < 0.01 and down["p"] > 0.5 and up["alternative"] == "greater"
+    # by hand with the same resampling indices
+    d, gen = a - b, np.random.default_rng(1)
+    means = np.concatenate([d[gen.integers(0, 200, size=(500, 200))].mean(1) for _ in range(4)])
+    m = d.mean()
+    assert up["p"] == pytest.approx((1 + np.count_nonzero(means - m >= m)) / 2001)
+    with pytest.raises(StatsInputError):
+        paired_bootstrap(a, b, rng=np.random.default_rng(1), alternative="less")

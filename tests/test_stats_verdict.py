@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from lorascope.stats.verdict import (INCONCLUSIVE, MET, MISSING, NOT_MET, STATES, criterion_a, criterion_b,
-                                     criterion_c, kleene_and, kleene_or, verdict)
+from lorascope.stats.verdict import (INCONCLUSIVE, MET, MISSING, NOT_ASSESSABLE, NOT_MET, STATES, criterion_a,
+                                     criterion_b, criterion_c, kleene_and, kleene_or, study_verdict, verdict)
 
 T975_DF2 = 4.302652729911275  # t_{0.975, 2}, as tabulated
 
@@ -52,8 +52,9 @@ def test_two_valued_corner_is_boolean_logic():
 
 
 @pytest.mark.parametrize("drops,state", [
-    ([3.0, 3.0], MET),                 # CI [3, 3]: the bound equals the margin
-    ([3.0 + 1e-6, 3.0 + 1e-6], NOT_MET),
+    ([3.0, 3.0], INCONCLUSIVE),        # CI [3, 3]: zero width is no evidence (issue 13)
+    ([0.0, 0.0, 0.0], INCONCLUSIVE),   # identical predictions in every seed pair: "no drop" is not shown
+    ([3.0 + 1e-6, 3.0 + 1e-6], NOT_MET),  # not met rests on the point estimate alone
     ([0.0, 0.2, 0.4], MET),            # upper = 0.2 + 4.3027·0.2/√3 = 0.697
     ([2.0, 3.0, 4.0], INCONCLUSIVE),   # mean 3 ≤ 3 but upper 5.48 > 3
     ([1.0, 2.0, 3.0], INCONCLUSIVE),   # upper = 2 + 4.3027/√3 = 4.48
@@ -71,29 +72,49 @@ def test_criterion_a(drops, state):
         assert res["ci"][1] == pytest.approx(mean + T975_DF2 * sd / math.sqrt(3))
 
 
+def test_zero_width_interval_is_said_to_be_no_evidence():
+    res = criterion_a([0.0, 0.0, 0.0])
+    assert res["state"] == INCONCLUSIVE and "zero-width" in res["reason"] and res["note"]
+    assert res["ci"] == [0.0, 0.0]  # the interval is still reported, as computed
+
+
 def test_criterion_a_missing():
     assert criterion_a(None)["state"] == MISSING and criterion_a([])["stage"] == "training"
 
 
 @pytest.mark.parametrize("ft,lora,state", [
-    ([1.0, 1.0, 1.0], [0.8, 0.8, 0.8], MET),              # reduction 0.2 (up to rounding) everywhere: CI [0.2, 0.2]
-    ([1.0, 1.0, 1.0], [0.81, 0.81, 0.81], NOT_MET),       # 0.19 everywhere
-    ([1.0, 1.0, 1.0], [0.55, 0.6, 0.65], MET),            # r = .45, .4, .35: CI 0.4 ± 0.1242 = [0.276, 0.524]
-    ([1.0, 1.0, 1.0], [0.5, 0.6, 0.7], INCONCLUSIVE),     # r = .5, .4, .3: CI 0.4 ± 0.2484 = [0.152, 0.648]
-    ([1.0, 1.0, 1.0], [0.9, 0.95, 0.85], INCONCLUSIVE),   # r = .1, .05, .15: CI [−0.024, 0.224]
-    ([1.0, 1.0, 1.0], [0.9, 0.92, 0.88], NOT_MET),        # r = .1, .08, .12: CI [0.050, 0.150]
-    ([2.0, 1.0, 0.5], [1.2, 0.6, 0.3], MET),              # r = 0.4 at every scale of D_FT
+    ([1.0, 1.0, 1.0], [0.8, 0.8, 0.8], INCONCLUSIVE),     # 0.2 in every pair: a zero-width interval decides nothing
+    ([1.0, 1.0, 1.0], [0.55, 0.6, 0.65], MET),            # log scale: CI [0.258, 0.520]
+    ([1.0, 1.0, 1.0], [0.5, 0.6, 0.7], INCONCLUSIVE),     # CI [0.111, 0.634] contains 0.2
+    ([1.0, 1.0, 1.0], [0.9, 0.95, 0.85], INCONCLUSIVE),   # CI [−0.031, 0.222]
+    ([1.0, 1.0, 1.0], [0.9, 0.92, 0.88], NOT_MET),        # CI [0.049, 0.149]
+    ([2.0, 1.0, 0.5], [1.1, 0.6, 0.32], MET),             # ratios .55, .6, .64 at every scale of D_FT
     ([0.4], [0.2], INCONCLUSIVE),                         # one pair: no CI
     ([0.0, 1.0], [0.0, 0.5], INCONCLUSIVE),               # D_FT = 0: undefined
+    ([1.0, 1.0], [0.0, 0.5], INCONCLUSIVE),               # D_LoRA = 0: no logarithm
 ])
 def test_criterion_b(ft, lora, state):
     res = criterion_b(ft, lora, threshold=0.2)
     assert res["state"] == state
-    if len(ft) == 3:  # the CI is the t-CI of the per-pair reductions, by hand
-        r = [1 - lo / f for f, lo in zip(ft, lora)]
-        mean = sum(r) / 3
-        half = T975_DF2 * math.sqrt(sum((x - mean) ** 2 for x in r) / 2) / math.sqrt(3)
-        assert res["ci"] == pytest.approx([mean - half, mean + half])
+    if len(ft) == 3 and res["ci"] is not None:
+        # by hand: t-interval of the mean log ratio, mapped back by 1 − exp(·) (the ends swap)
+        logs = [math.log(lo / f) for f, lo in zip(ft, lora)]
+        mean = sum(logs) / 3
+        half = T975_DF2 * math.sqrt(sum((x - mean) ** 2 for x in logs) / 2) / math.sqrt(3)
+        # rel 1e-9: scipy's t quantile and the tabulated one differ in the 11th digit
+        assert res["ci"] == pytest.approx([1 - math.exp(mean + half), 1 - math.exp(mean - half)], rel=1e-9)
+        assert res["estimate"] == pytest.approx(1 - math.exp(mean), rel=1e-12)
+
+
+@pytest.mark.parametrize("ratios", [[0.01, 0.02, 0.5], [0.05, 0.9, 0.99], [0.001, 0.002, 0.003]])
+def test_criterion_b_interval_never_passes_100_percent(ratios):
+    """The t-interval of the raw reductions left [.., 1] (drift reduction 86.5% [69.1%, 104.0%] in a demo)."""
+    res = criterion_b([1.0] * 3, ratios)
+    raw = [1 - r for r in ratios]
+    m = sum(raw) / 3
+    raw_hi = m + T975_DF2 * math.sqrt(sum((x - m) ** 2 for x in raw) / 2) / math.sqrt(3)
+    assert raw_hi > 1.0  # the old interval was impossible here
+    assert res["ci"][1] < 1.0 and res["ci"][0] < res["estimate"] < res["ci"][1]
 
 
 def test_criterion_b_missing():
@@ -128,3 +149,40 @@ def test_criterion_c_over_backends_names_the_backend():
     res = criterion_c({"hf-peft": bad, "vllm": unsure}, batch_sizes=BS)
     assert res["state"] == INCONCLUSIVE and res["backend"] == ["vllm"]
     assert criterion_c(None)["state"] == MISSING and criterion_c({})["stage"] == "serve"
+
+
+def test_c_needs_measurements_and_enough_requests():
+    assert criterion_c({"native": {1: (0.0, 0.1)}}, batch_sizes=[])["state"] == MISSING  # "met at every batch size []"
+    res = criterion_c({"native": {1: None, 4: None}, "vllm": {1: None, 4: None}}, batch_sizes=[1, 4])
+    assert res["state"] == MISSING and "no backend completed" in res["reason"]
+    cells = {b: {"ci": (0.0, 0.1), "n": 8} for b in (1, 4)}
+    res = criterion_c({"native": cells}, batch_sizes=[1, 4])
+    assert res["state"] == INCONCLUSIVE and "under-powered: 8 timed requests" in res["reason"]
+    cells = {b: {"ci": (0.0, 0.1), "n": 30} for b in (1, 4)}
+    assert criterion_c({"native": cells}, batch_sizes=[1, 4])["state"] == MET
+    over = {b: {"ci": (0.5, 0.9), "n": 8} for b in (1, 4)}
+    assert criterion_c({"native": over}, batch_sizes=[1, 4])["state"] == INCONCLUSIVE  # at most inconclusive
+
+
+def test_c_flags_unmerged_faster_than_merged():
+    """Unmerged does strictly more work: a CI entirely below 0 (the demo's −44% [−64%, −12%]) is a problem."""
+    cells = {1: {"ci": (-0.64, -0.12), "n": 30}, 4: {"ci": (0.0, 0.1), "n": 30}}
+    res = criterion_c({"native": cells}, batch_sizes=[1, 4])
+    assert res["state"] == INCONCLUSIVE and "measurement problem" in res["reason"]
+    assert "batch size(s) 1" in res["reason"] and "[" not in res["reason"].split(":")[0]
+
+
+@pytest.mark.parametrize("a,b,c", list(itertools.product(STATES, repeat=3)))
+def test_gate_overrides_every_criterion(a, b, c):
+    crit = [{"criterion": k, "stage": st, "state": v, "reason": ""} for k, st, v in
+            (("A", "training", a), ("B", "drift", b), ("C", "serve", c))]
+    failed = verdict(*crit, gate={"state": NOT_ASSESSABLE, "reason": "LoRA 61.46 does not beat majority 61.46"})
+    assert failed["state"] == NOT_ASSESSABLE and "majority" in failed["reason"]
+    assert verdict(*crit, gate={"state": MISSING, "reason": "no baselines"})["state"] == MISSING
+    assert verdict(*crit, gate={"state": "passed", "reason": ""})["state"] == oracle(a, b, c)
+
+
+def test_study_verdict_propagates_not_assessable():
+    assert study_verdict([MET, NOT_ASSESSABLE]) == NOT_ASSESSABLE
+    assert study_verdict([MET, MET]) == MET and study_verdict([MET, NOT_MET]) == NOT_MET
+    assert study_verdict([MET, MISSING]) == MISSING and study_verdict([]) == MISSING

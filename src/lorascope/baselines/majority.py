@@ -31,7 +31,9 @@ def mrpc_majority(train: Sequence[MrpcExample], evaluate_on: Sequence[MrpcExampl
     label = majority_label(train)
     y_true = [int(ex.label) for ex in evaluate_on]
     metrics = mrpc_metrics(y_true, [label] * len(y_true))
-    return {"name": "majority", "params": {"label": label}, "metrics": metrics}
+    per_example = {ex.id: float(ex.label == label) for ex in evaluate_on}
+    return {"name": "majority", "params": {"label": label}, "metrics": metrics,
+            "per_example": {"metric": "accuracy", "scores": per_example, "kind": "deterministic"}}
 
 
 def squad_always_no_answer(evaluate_on: Sequence[SquadExample]) -> dict:
@@ -39,4 +41,6 @@ def squad_always_no_answer(evaluate_on: Sequence[SquadExample]) -> dict:
     from lorascope.metrics.squad_v2 import evaluate_examples
 
     preds = {ex.id: "" for ex in evaluate_on}
-    return {"name": "always_no_answer", "params": {}, "metrics": evaluate_examples(list(evaluate_on), preds)}
+    per_example = {ex.id: float(ex.is_impossible) for ex in evaluate_on}  # EM = F1 = 1 exactly when unanswerable
+    return {"name": "always_no_answer", "params": {}, "metrics": evaluate_examples(list(evaluate_on), preds),
+            "per_example": {"metric": "f1", "scores": per_example, "kind": "deterministic"}}

@@ -84,7 +84,10 @@ def mrpc_stratified(train: Sequence[MrpcExample], evaluate_on: Sequence[MrpcExam
     exp = mrpc_expected(p, y)
     draws = mrpc_draws(p, y, n_draws, rng)
     metrics = {k: exp[k] for k in ("expected_accuracy", "f1_at_expected_counts", "mcc_at_expected_counts")}
+    # Per example, the expected correctness: p for a positive pair, 1 − p for a negative one.
+    per_example = {ex.id: (p if ex.label == 1 else 1.0 - p) for ex in evaluate_on}
     return {"name": "stratified_random", "params": {"p_predict_positive": p}, "metrics": metrics,
+            "per_example": {"metric": "accuracy", "scores": per_example, "kind": "expected"},
             "expected_counts": exp["expected_counts"],
             "draws": {k: summarize(v, percentiles) for k, v in draws.items()}}
 
@@ -182,6 +185,9 @@ def squad_stratified(train: Sequence[SquadExample], evaluate_on: Sequence[SquadE
     p, length = unanswerable_rate(train), median_answer_words(train)
     rows = question_tables(evaluate_on, length)
     draws = squad_draws(evaluate_on, p, length, n_draws, rng, rows=rows)
+    # Per question, the expected F1 (linearity, as in ``squad_expected``).
+    per_example = {ex.id: float(p * r[1] + (1 - p) * r[3].mean()) for ex, r in zip(evaluate_on, rows)}
     return {"name": "stratified_random", "params": {"p_no_answer": p, "span_words": length},
             "metrics": squad_expected(evaluate_on, p, length, rows),
+            "per_example": {"metric": "f1", "scores": per_example, "kind": "expected"},
             "draws": {k: summarize(v, percentiles) for k, v in draws.items()}}

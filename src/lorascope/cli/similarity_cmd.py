@@ -79,6 +79,8 @@ def similarity_report(X: Any, Y: Any, names: tuple[str, str] = ("X", "Y"), rbf_s
             except SimilarityInputError as exc2:
                 notes.append(f"cosine: {exc2}")
                 cos = {}
+        if cos.get("cosine_standardized_note"):
+            notes.append(f"cosine_standardized: {cos['cosine_standardized_note']}")
         out.update({k: v for k, v in cos.items() if k in FIELDS})
     out["note"] = "; ".join(notes) if notes else None
     return out

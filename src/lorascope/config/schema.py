@@ -234,6 +234,11 @@ class StatsConfig(_Strict):
     equivalence_margin: float = Field(3.0, gt=0)  # points (criterion A, TOST)
     drift_reduction_threshold: float = Field(0.2, gt=0, lt=1)  # criterion B (a reduction is at most 100%)
     overhead_threshold: float = Field(0.3, gt=0)  # criterion C
+    # §10: a serving cell needs ≥ 30 timed requests; with fewer, criterion C is at most inconclusive.
+    min_timed_requests: int = Field(30, ge=2)
+    # The validity gate (§12): each method must beat the strongest trivial baseline at this one-sided level
+    # (Holm-corrected over tasks × methods); 0.05 = 1 − the default confidence.
+    validity_alpha: float = Field(0.05, gt=0, lt=1)
 
 
 class ExecutorConfig(_Strict):

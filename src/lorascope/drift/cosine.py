@@ -6,10 +6,12 @@ examples of cos(x_i, y_i) with a 95% t confidence interval (Student t, n − 1 d
 
 Raw cosine is dominated by a few "rogue" dimensions of very large magnitude in transformer hidden
 states (Timkey & van Schijndel 2021, "All bark and no bite"), so we also report it after standardizing
-every dimension with the BASE model's statistics: z = (v − μ_X) / max(σ_X, ε·rms(σ_X)), applied to both
-x_i and y_i (μ_X, σ_X: per-dimension mean and population sd of X over the n rows). The floor ε·rms(σ)
-(ε = 1e-6) keeps dimensions that are constant in the base finite without letting them blow up more than
-1e6-fold relative to a typical dimension.
+every dimension with the BASE model's statistics: z = (v − μ_X) / σ_X, applied to both x_i and y_i (μ_X,
+σ_X: per-dimension mean and population sd of X over the n rows). A dimension that is constant in the base
+over the probes (σ_X ≤ ε·rms(σ_X), ε = 1e-6) has no scale: any movement of the tuned model there becomes
+a huge standardized value that swamps every other dimension (we saw a standardized cosine of 1.7e-5 next
+to a raw cosine of 0.978). So the standardized cosine is then *undefined*: ``cosine_standardized_*`` are
+None with a ``cosine_standardized_note`` naming how many dimensions are constant — never a silent number.
 
 Streaming: the raw statistic needs one pass. The standardized one needs μ_X, σ_X before the per-example
 cosines can be formed (cos is not linear in the data, so no fixed-size sums make it exact in one pass);
@@ -111,6 +113,7 @@ class CosineAccumulator:
             if not (np.isfinite(self._mu).all() and np.isfinite(sd).all() and (sd >= 0).all()):
                 raise SimilarityInputError("base_mean/base_sd must be finite with sd ≥ 0")
             self._sd = sd_floor(sd, eps, self.names[0])
+            self._constant = int((self._sd > sd).sum())  # dimensions raised to the floor: no scale of their own
         self._raw, self._std, self._base = _Moments(), _Moments(), _Moments()
         self._dev: dict = {}
 
@@ -157,7 +160,11 @@ class CosineAccumulator:
         if self._raw.n < 2:
             raise SimilarityInputError(f"cosine similarity with a CI needs at least 2 rows, got {self._raw.n}")
         out = {"n": self._raw.n, **self._summary(self._raw, "cosine")}
-        if self._mu is not None:
+        if self._mu is not None and self._constant:
+            out.update(cosine_standardized_mean=None, cosine_standardized_sd=None, cosine_standardized_ci95=None,
+                       cosine_standardized_note=f"the base model is constant over the probes in {self._constant} of "
+                       f"{self.d} dimensions: standardizing by its sd is undefined there (raw cosine is reported)")
+        elif self._mu is not None:
             out.update(self._summary(self._std, "cosine_standardized"))
         return out
 

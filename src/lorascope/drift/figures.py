@@ -14,7 +14,7 @@ import numpy as np
 matplotlib.use("Agg")  # headless: figures are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lorascope.drift.aggregate import layer_bands, t_band  # noqa: E402
+from lorascope.drift.aggregate import RANGES, layer_bands, t_band  # noqa: E402
 
 COLORS = {"ft": "tab:blue", "lora": "tab:orange", "lora_qv": "tab:green", "base": "tab:gray"}
 LABELS = {"ft": "full FT", "lora": "LoRA", "lora_qv": "LoRA (q,v)", "base": "base model"}
@@ -72,7 +72,7 @@ def forgetting(rows: list[dict], path: Path, *, title: str, confidence: float = 
     order = [m for m in ("base", "ft", "lora", "lora_qv") if m in groups] + sorted(set(groups) - set(COLORS))
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(order), 3.4))
     for k, method in enumerate(order):
-        band = t_band(groups[method], confidence)
+        band = t_band(groups[method], confidence, RANGES["lm_loss"])
         err = None if band["lo"] is None else [[band["mean"] - band["lo"]], [band["hi"] - band["mean"]]]
         ax.bar(k, band["mean"], yerr=err, capsize=4, color=COLORS.get(method, "tab:purple"))
         top = band["hi"] if band["hi"] is not None else band["mean"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
-STATES = ("met", "not met", "inconclusive", "missing")
+STATES = ("met", "not met", "inconclusive", "missing", "not assessable", "passed")
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,8 @@ class Badge:
 
     @property
     def mark(self) -> str:
-        return {"met": "✔", "not met": "✘", "inconclusive": "?", "missing": "∅"}.get(self.state, "·")
+        return {"met": "✔", "not met": "✘", "inconclusive": "?", "missing": "∅", "not assessable": "⊘",
+                "passed": "✔"}.get(self.state, "·")
 
 
 Cell = Union[str, Badge]
@@ -41,7 +42,8 @@ class Heading:
 
 @dataclass
 class Callout:
-    """A boxed message: ``kind`` is "caveat" (the study's own warning), "missing" or "note"."""
+    """A boxed message: ``kind`` is "caveat" (the study's own warning), "invalid" (the validity gate failed: no
+    verdict), "missing" or "note"."""
 
     kind: str
     title: str
@@ -89,3 +91,4 @@ class Report:
     caveat: str | None
     missing: list[str]
     sections: list[Section]
+    alerts: list[Callout] = field(default_factory=list)  # shown first, before anything else (the validity gate)

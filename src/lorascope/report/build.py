@@ -46,4 +46,5 @@ def build_report(results: dict) -> Report:
     name = cfg.get("name") or results["root"].name
     sections = [_section(b, src, results) for b, src in BUILDERS]
     return Report(title=f"lorascope study report — {name}", caveat=(cfg.get("output") or {}).get("note"),
-                  missing=[describe_missing(m) for m in results["missing"]], sections=sections)
+                  missing=[describe_missing(m) for m in results["missing"]], sections=sections,
+                  alerts=concl.validity_alerts(results))

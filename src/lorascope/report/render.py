@@ -42,6 +42,8 @@ def to_markdown(report: Report, fig_prefix: str = "../") -> str:
     lines = [f"# {report.title}", ""]
     if report.caveat:
         lines += [f"> **Caveat:** {report.caveat}", ""]
+    for alert in report.alerts:
+        lines += [f"> **⊘ {alert.title}**", ">"] + [f"> - {item}" for item in alert.items] + [""]
     if report.missing:
         lines += _md_block(Callout("missing", "Missing stages", report.missing), fig_prefix)
     lines += ["## Contents", ""] + [f"{i}. [{s.title}](#{s.id})" for i, s in enumerate(report.sections, 1)] + [""]

@@ -23,7 +23,9 @@ SERVE_FIGURES = (("throughput", "output tokens/s vs batch size (fixed output len
 def _band(b: dict | None, fn=lambda x: fmt.num(x, 4)) -> str:
     if not b:
         return fmt.NONE
-    return f"{fmt.est_ci(b.get('mean'), [b.get('lo'), b.get('hi')], fn)} (n={b.get('n', '?')})"
+    clipped = b.get("clipped") or []
+    tail = f"; t-interval clipped at the {' and '.join(clipped)} end of the range" if clipped else ""
+    return f"{fmt.est_ci(b.get('mean'), [b.get('lo'), b.get('hi')], fn)} (n={b.get('n', '?')}{tail})"
 
 
 def _drift_table(task: str, d: dict, stats_task: dict) -> Table:
@@ -38,7 +40,8 @@ def _drift_table(task: str, d: dict, stats_task: dict) -> Table:
     return Table(["probes", "pooling", "drift FT [95% CI]", "drift LoRA [95% CI]", "reduction, paired [95% CI]",
                   "reduction of means", "vs threshold (B)"], rows,
                  f"{task}: drift = mean over layers of (1 − debiased linear CKA) vs the base model; reduction = "
-                 "1 − D_LoRA/D_FT per seed pair. Criterion B uses in-task probes, mean pooling.")
+                 "1 − D_LoRA/D_FT per seed pair, its interval a t-interval of the mean log ratio mapped back (it "
+                 "cannot pass 100%). Criterion B uses in-task probes, mean pooling.")
 
 
 def _forgetting(task: str, d: dict) -> Table:
@@ -166,10 +169,15 @@ def deployment(results: dict) -> Section:
     if not needs(s, results, ("serve",)):
         return s
     hw = (serve.get("hardware") or {}).get("gpu") or {}
+    cells = [c for c in serve.get("cells") or [] if c.get("status") == "ok"]
+    per_cell = sorted({len(c.get("requests") or []) for c in cells})
+    counts = "–".join(str(n) for n in (per_cell[:1] + per_cell[-1:] if len(per_cell) > 1 else per_cell)) or "0"
+    prompts = serve.get("prompts") or {}
     s.blocks.append(Text(f"Device {serve.get('device', '?')} {hw.get('name', '')}, dtype {serve.get('dtype', '?')}; "
-                         f"{(serve.get('prompts') or {}).get('timed', '?')} timed prompts (seed "
-                         f"{(serve.get('prompts') or {}).get('seed', '?')}). Latencies in ms, memory in MiB "
-                         "(GPU peak allocated, or process RSS on CPU)."))
+                         f"{sum(len(c.get('requests') or []) for c in cells)} timed requests over {len(cells)} "
+                         f"measured cells ({counts} per cell, warm-ups excluded; STUDY.md §10 asks ≥ 30), drawn from a "
+                         f"pool of {prompts.get('timed', '?')} test prompts (seed {prompts.get('seed', '?')}). "
+                         "Latencies in ms, memory in MiB (GPU peak allocated, or process RSS on CPU)."))
     gates = sorted((serve.get("correctness") or {}).items())
     if gates:
         s.blocks.append(Table(["backend / scenario", "correctness gate (greedy = fp32 reference)"],

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from lorascope.config.protocol import departures
 from lorascope.report import fmt
 from lorascope.report.blocks import Badge, Callout, Section, Table
 from lorascope.report.common import describe_missing, needs, study_config
-from lorascope.stats.verdict import STATES, kleene_and
+from lorascope.stats.verdict import MISSING, NOT_ASSESSABLE, STATES, study_verdict
 
-PROTOCOL_SEEDS, PROTOCOL_PROBES = 5, 1000
+PROTOCOL_SEEDS = 5
 
 
 def _criterion_estimate(name: str, c: dict) -> str:
@@ -18,35 +19,58 @@ def _criterion_estimate(name: str, c: dict) -> str:
     return ", ".join(c.get("backend") or []) or fmt.NONE
 
 
+def validity_alerts(results: dict) -> list[Callout]:
+    """The report's first words when a task is not assessable: which method, its score, the baseline's."""
+    alerts = []
+    for task, t in sorted(((results.get("stats") or {}).get("tasks") or {}).items()):
+        gate = t.get("validity") or {}
+        if gate.get("state") == NOT_ASSESSABLE:
+            alerts.append(Callout("invalid", f"{task}: not assessable — a method did not beat the strongest trivial "
+                                  "baseline (STUDY.md §12 validity gate)", list(gate.get("failed") or [])
+                                  + ["No criterion (A, B, C) is judged for this task: a comparison of models that "
+                                     "did not learn the task says nothing about LoRA vs full fine-tuning."]))
+    return alerts
+
+
 def verdict(results: dict) -> Section:
-    s = Section("verdict", "Verdict: A ∧ (B ∨ C) (STUDY.md §12)")
+    s = Section("verdict", "Verdict: validity gate, then A ∧ (B ∨ C) (STUDY.md §12)")
     stats = results.get("stats") or {}
     tasks = list(results["tasks"]) or list((stats.get("tasks") or {}))
+    header = ["task", "validity gate", "A: drop ≤ margin", "B: drift reduction", "C: serving overhead", "verdict"]
     if not needs(s, results, ("stats",)) or not tasks:
-        s.blocks.append(Table(["task", "A: drop ≤ margin", "B: drift reduction", "C: serving overhead", "verdict"],
-                              [[t, Badge("missing"), Badge("missing"), Badge("missing"), Badge("missing")]
-                               for t in tasks]))
+        s.blocks.append(Table(header, [[t] + [Badge(MISSING)] * 5 for t in tasks]))
         return s
-    rows, detail, states = [], [], []
+    rows, detail, states, gates = [], [], [], []
     for task in tasks:
-        v = ((stats.get("tasks") or {}).get(task) or {}).get("verdict") or {}
+        t = (stats.get("tasks") or {}).get(task) or {}
+        v, gate = t.get("verdict") or {}, t.get("validity") or {}
         crit = v.get("criteria") or {}
-        state = v.get("state", "missing")
-        states.append(state if state in STATES else "missing")
-        rows.append([task] + [Badge((crit.get(k) or {}).get("state", "missing")) for k in "ABC"]
+        state = v.get("state", MISSING)
+        states.append(state if state in STATES + (NOT_ASSESSABLE,) else MISSING)
+        rows.append([task, Badge(gate.get("state", MISSING))]
+                    + [Badge((crit.get(k) or {}).get("state", MISSING)) for k in "ABC"]
                     + [Badge(state), v.get("reason", "no verdict in stats.json")])
+        gates += [[task, Badge(gate.get("state", MISSING)), line] for line in
+                  (gate.get("failed") or []) + (gate.get("passed") or []) + (gate.get("missing") or [])]
         for k in "ABC":
             c = crit.get(k) or {}
-            detail.append([task, f"{k} ({c.get('stage', '?')})", Badge(c.get("state", "missing")),
+            detail.append([task, f"{k} ({c.get('stage', '?')})", Badge(c.get("state", MISSING)),
                            _criterion_estimate(k, c), c.get("reason", fmt.NONE)])
-    overall = kleene_and(*states) if states else "missing"
-    s.blocks.append(Table(["task", "A: drop ≤ margin", "B: drift reduction", "C: serving overhead", "verdict", "why"],
-                          rows + [["all tasks", "", "", "", Badge(overall), "every task must meet A ∧ (B ∨ C)"]]))
+    overall = stats.get("overall") or study_verdict(states)
+    s.blocks.append(Table(header + ["why"], rows + [["all tasks", "", "", "", "", Badge(overall),
+                                                     "every task must pass the gate and meet A ∧ (B ∨ C)"]]))
+    if gates:
+        s.blocks.append(Table(["task", "gate", "method vs the strongest trivial baseline (same test examples)"], gates,
+                              "Validity gate: each method's test primary metric (mean over its seeds) must beat the "
+                              "strongest trivial baseline — majority class / stratified random (MRPC), always-no-answer"
+                              " / random spans (SQuAD v2) — in a one-sided paired bootstrap over test examples, Holm-"
+                              "corrected over tasks × methods. A task that fails it is not assessable."))
     s.blocks.append(Table(["task", "criterion", "state", "estimate [95% CI]", "reason"], detail,
                           "A: drop = FT − LoRA primary metric (points), met when the upper 95% bound ≤ margin. "
                           "B: drift reduction 1 − D_LoRA/D_FT (in-task, mean pooling), met when the lower bound ≥ "
                           "threshold. C: overhead of every unmerged scenario over merged ≤ threshold at every batch "
-                          "size, per backend (the deciding backend is named). Inconclusive and missing propagate."))
+                          "size, per backend (the deciding backend is named), with ≥ 30 timed requests per cell. "
+                          "Inconclusive and missing propagate; a zero-width interval is no evidence."))
     return s
 
 
@@ -121,6 +145,15 @@ def _subsample_notes(results: dict) -> list[str]:
     return sorted(notes)
 
 
+def _value(x) -> str:
+    """A config value in words: an empty subsample is the full splits, None the tokenizer's default."""
+    if x == {}:
+        return "full splits"
+    if x is None:
+        return "default"
+    return fmt.plain(x)
+
+
 def limitations(results: dict) -> Section:
     s = Section("limitations", "Limitations")
     cfg, items = study_config(results), []
@@ -138,14 +171,13 @@ def limitations(results: dict) -> Section:
         power = ((((results.get("stats") or {}).get("tasks") or {}).get(task) or {}).get("power") or {}).get("text")
         if power:
             items.append(f"{task} power: {power}.")
-        n_probe = (((t.get("drift") or {}).get("probes") or {}).get("in_task") or {}).get("n")
-        if isinstance(n_probe, int) and n_probe < PROTOCOL_PROBES:
-            items.append(f"{task}: drift probe sets of {n_probe} inputs (protocol: {PROTOCOL_PROBES}).")
         truncated = max((int((r.get("test") or {}).get("truncated") or 0) for r in t["runs"]), default=0)
         if truncated:
             n_test = (t["runs"][0].get("test") or {})
             items.append(f"{task}: up to {truncated} of {n_test.get('n', n_test.get('total', '?'))} test prompts "
                          "per run had their context cut to fit the max length (§4).")
+    items += [f"Departs from the protocol: {d['key']} = {_value(d['value'])} (STUDY.md {d['section']}: "
+              f"{_value(d['protocol'])})." for d in departures(cfg)] if cfg else []
     items += _subsample_notes(results) + provenance_mismatches(results)
     items += [f"Missing: {describe_missing(m)}" for m in results["missing"]]
     items += list(results.get("notes") or []) + [f"stats: {n}" for n in (results.get("stats") or {}).get("notes") or []]

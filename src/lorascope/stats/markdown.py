@@ -25,6 +25,14 @@ def _table(header: Sequence[str], rows: list[Sequence[Any]]) -> list[str]:
     return lines + [""]
 
 
+def _validity(doc: dict) -> list[str]:
+    lines = ["## Validity gate (§12): each method must beat the strongest trivial baseline", ""]
+    for task, t in doc["tasks"].items():
+        g = t.get("validity") or {}
+        lines.append(f"- {task}: **{g.get('state', 'missing')}** — {g.get('reason', 'no gate result')}")
+    return lines + [""]
+
+
 def _verdicts(doc: dict) -> list[str]:
     rows = []
     for task, t in doc["tasks"].items():
@@ -32,8 +40,8 @@ def _verdicts(doc: dict) -> list[str]:
         crit = v["criteria"]
         rows.append([task, crit["A"]["state"], crit["B"]["state"], crit["C"]["state"], f"**{v['state']}**",
                      v["reason"]])
-    lines = ["## Verdict: A ∧ (B ∨ C)", ""] + _table(["task", "A (drop)", "B (drift)", "C (serving)", "verdict",
-                                                       "why"], rows)
+    lines = ["## Verdict: validity gate, then A ∧ (B ∨ C)", "", f"Study: **{doc.get('overall', 'missing')}**", ""]
+    lines += _table(["task", "A (drop)", "B (drift)", "C (serving)", "verdict", "why"], rows)
     for task, t in doc["tasks"].items():
         for name, c in t["verdict"]["criteria"].items():
             lines.append(f"- {task} {name} ({c['stage']}): {c['state']} — {c['reason']}"
@@ -82,7 +90,7 @@ def render(doc: dict, caveat: str | None = None) -> str:
     lines += [f"Confidence {cfg['confidence']}, margin {cfg['equivalence_margin']} points, drift-reduction "
               f"threshold {cfg['drift_reduction_threshold']}, overhead threshold {cfg['overhead_threshold']}, "
               f"{cfg['bootstrap_resamples']} bootstrap resamples (seed {doc['seeds']['bootstrap']}).", ""]
-    lines += _verdicts(doc)
+    lines += _validity(doc) + _verdicts(doc)
     for task, t in doc["tasks"].items():
         lines += _task(task, t)
     lines += _serve(doc["serve"])

@@ -63,14 +63,22 @@ def mcnemar_test(correct_a: Any, correct_b: Any, exact_below: int = EXACT_BELOW)
             "note": "no discordant pairs: p = 1" if only_a + only_b == 0 else None}
 
 
+BOOTSTRAP_P_GREATER = (
+    "one-sided (H1: mean(a − b) > 0), null imposed by centring: p = (1 + #{b : m*_b − m ≥ m}) / (B + 1) (the "
+    "shift method, Efron & Tibshirani 1993, ch. 16); m ≤ 0 gives p ≥ about ½")
+
+
 def paired_bootstrap(a: Any, b: Any, *, resamples: int = 10_000, rng: np.random.Generator,
-                     confidence: float = 0.95) -> dict:
+                     confidence: float = 0.95, alternative: str = "two-sided") -> dict:
     """Paired (example-level) bootstrap of mean(a − b) (Efron & Tibshirani 1993; Koehn 2004 for NLP).
 
     ``a``, ``b``: per-example scores of the two arms on the same examples (any unit; the mean difference
     is in that unit). Each resample draws n example indices with replacement (the same indices for both
     arms, which keeps the pairing). CI: percentile interval of the resampled means (numpy's default
-    linear quantile). p: ``BOOTSTRAP_P_DEFINITION``. Randomness only from ``rng``."""
+    linear quantile). p: ``BOOTSTRAP_P_DEFINITION``, or ``BOOTSTRAP_P_GREATER`` for ``alternative="greater"``.
+    Randomness only from ``rng``."""
+    if alternative not in ("two-sided", "greater"):
+        raise StatsInputError(f"alternative must be 'two-sided' or 'greater', got {alternative!r}")
     check_confidence(confidence)
     resamples = check_resamples(resamples)
     rng = check_rng(rng)
@@ -86,8 +94,12 @@ def paired_bootstrap(a: Any, b: Any, *, resamples: int = 10_000, rng: np.random.
     alpha = 1.0 - confidence
     lo, hi = np.quantile(means, [alpha / 2.0, 1.0 - alpha / 2.0])
     # ≥ with a relative slack of 1e-12 so that exact ties (discrete scores) count as "as extreme".
-    extreme = int(np.count_nonzero(np.abs(means - mean) >= abs(mean) * (1.0 - 1e-12)))
+    if alternative == "greater":
+        extreme = int(np.count_nonzero(means - mean >= mean - abs(mean) * 1e-12))
+    else:
+        extreme = int(np.count_nonzero(np.abs(means - mean) >= abs(mean) * (1.0 - 1e-12)))
     return {"test": "paired_bootstrap", "n": n, "resamples": resamples, "estimate": mean,
-            "estimate_kind": "mean of a − b over examples",
+            "estimate_kind": "mean of a − b over examples", "alternative": alternative,
             "ci": [float(lo), float(hi)], "confidence": confidence, "se": float(np.std(means, ddof=1)),
-            "p": (1.0 + extreme) / (resamples + 1.0), "p_definition": BOOTSTRAP_P_DEFINITION, "note": None}
+            "p": (1.0 + extreme) / (resamples + 1.0),
+            "p_definition": BOOTSTRAP_P_GREATER if alternative == "greater" else BOOTSTRAP_P_DEFINITION, "note": None}

@@ -54,17 +54,27 @@ def _one(metric: str, t: dict, r: dict, cfg: StatsConfig, seed: int, label: str)
         return {"metric": metric, "estimate": None, "ci": None, "note": str(exc)}
 
 
-def _envelope(rows: list[dict], backend: str, batch_size: int, unusable: set) -> tuple[float, float] | None:
-    """Interval for the largest overhead over the unmerged scenarios; None if any of them lacks a CI or a
-    cell of them did not run cleanly (failed the correctness gate, ran out of memory): a scenario that
-    could not be measured correctly must not drop out of the maximum."""
+def _envelope(rows: list[dict], backend: str, batch_size: int, unusable: dict) -> dict | None:
+    """Criterion C's cell at (backend, batch size): the interval of the largest overhead over the unmerged
+    scenarios, the fewest timed requests behind it, and a ``problem`` when a scenario cannot be used — it did
+    not run cleanly (failed the correctness gate, ran out of memory), or it came out significantly *faster*
+    than merged (impossible physically: it does strictly more work). A scenario that could not be measured
+    correctly must not drop out of the maximum. None: nothing measured here."""
     if (backend, batch_size) in unusable:
+        return {"ci": None, "n": None, "problem": unusable[(backend, batch_size)]}
+    chosen = [r for r in rows if r["backend"] == backend and r["batch_size"] == batch_size
+              and all(r[k] == v for k, v in CRITERION_C.items())]
+    if not chosen:
         return None
-    cis = [r["ci"] for r in rows if r["backend"] == backend and r["batch_size"] == batch_size
-           and all(r[k] == v for k, v in CRITERION_C.items())]
-    if not cis or any(ci is None for ci in cis):
-        return None
-    return (max(ci[0] for ci in cis), max(ci[1] for ci in cis))
+    if any(r["ci"] is None for r in chosen):
+        return {"ci": None, "n": None, "problem": "; ".join(f"{r['scenario']}: {r.get('note') or 'no CI'}"
+                                                           for r in chosen if r["ci"] is None)}
+    faster = [r["scenario"] for r in chosen if r["ci"][1] < 0]
+    n = min(r.get("timed_requests") or 0 for r in chosen)
+    if faster:
+        return {"ci": None, "n": n, "problem": f"{', '.join(faster)} significantly faster than merged (overhead CI "
+                                               "below 0): a measurement problem, not used"}
+    return {"ci": (max(r["ci"][0] for r in chosen), max(r["ci"][1] for r in chosen)), "n": n}
 
 
 def serve_summary(cells: list[dict] | None, why_missing: str | None, cfg: StatsConfig, *, seed: int,
@@ -89,12 +99,15 @@ def serve_summary(cells: list[dict] | None, why_missing: str | None, cfg: StatsC
                 rows.append({**base, "metric": metric, "estimate": None, "ci": None,
                              "note": "no ok merged cell at this backend, batch size and output mode"})
             else:
-                rows.append({**base, **_one(metric, cell, ref, cfg, seed, "/".join(map(str, key)))})
+                timed = min(len(cell.get("requests") or []), len(ref.get("requests") or []))
+                rows.append({**base, "timed_requests": timed, **_one(metric, cell, ref, cfg, seed,
+                                                                      "/".join(map(str, key)))})
     # A backend whose every cell was skipped (e.g. vllm not installed) was not measured: it takes no part in C.
     backends = sorted({_key(c)[0] for c in cells if c.get("status") != "skipped"})
-    unusable = {(_key(c)[0], _key(c)[2]) for c in cells if c.get("status") != "ok"
+    unusable = {(_key(c)[0], _key(c)[2]): f"{_key(c)[1]} {c.get('status')}" for c in cells if c.get("status") != "ok"
                 and _key(c)[1] not in NOT_TREATMENTS and _key(c)[3] == CRITERION_C["output_mode"]}
     c_input = {b: {bs: _envelope(rows, b, bs, unusable) for bs in batch_sizes} for b in backends}
-    c = criterion_c(c_input, batch_sizes=batch_sizes, threshold=cfg.overhead_threshold)
+    c = criterion_c(c_input, batch_sizes=batch_sizes, threshold=cfg.overhead_threshold,
+                    min_requests=cfg.min_timed_requests)
     c.update({**CRITERION_C, "scenarios": sorted({r["scenario"] for r in rows})})
     return {"overheads": rows, "criterion_c": c, "notes": notes}

@@ -22,7 +22,8 @@ from lorascope.stats.multitest import apply_holm
 from lorascope.stats.per_example import BOOTSTRAP_P_DEFINITION
 from lorascope.stats.seeds import REFERENCE, descriptive, example_tests, pairs, power_note, seed_tests
 from lorascope.stats.serve_summary import serve_summary
-from lorascope.stats.verdict import criterion_a, verdict
+from lorascope.stats.validity import gate_result, gate_tests
+from lorascope.stats.verdict import criterion_a, study_verdict, verdict
 
 SCHEMA = "lorascope.stats/1"
 VERDICT_METHOD = "lora"  # the verdict compares FT with LoRA on all linear layers; lora_qv is an ablation
@@ -41,7 +42,11 @@ DEFINITIONS = {
     "p_holm": "Holm–Bonferroni within the test's family (statsmodels multipletests, method='holm')",
     "overhead": "percentile bootstrap over requests, each group resampled independently; p95 = numpy linear "
                 "quantile; inverse_throughput = Σ e2e / Σ output tokens",
-    "criterion_b_ci": "t-CI of the per-seed-pair reductions 1 − D_LoRA/D_FT",
+    "criterion_b_ci": "t-CI of the mean per-seed-pair log ratio ln(D_LoRA/D_FT), mapped to 1 − exp(·): the "
+                      "reduction of the geometric-mean ratio, an interval that cannot pass 100%",
+    "validity_gate": "per task and arm (FT, LoRA): one-sided paired bootstrap over test examples of the seed-mean "
+                     "primary score minus the strongest trivial baseline's (same examples); Holm over every task × "
+                     "arm; passes when the difference is > 0 and p_holm < stats.validity_alpha",
 }
 
 
@@ -63,8 +68,18 @@ def finite_or_none(obj: Any, notes: list[str], where: str = "$") -> Any:
     return obj
 
 
+def _baselines(out_dir: Path, task: str) -> dict | None:
+    import json
+
+    try:
+        return json.loads((out_dir / task / "baselines.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def task_stats(cfg: StudyConfig, out_dir: Path, task: str, serve: dict) -> dict:
-    """Everything for one task: descriptive, tests (p_holm not yet set), drift, power, criteria, verdict."""
+    """Everything for one task: descriptive, tests (p_holm not yet set), drift, power, criteria. The gate and
+    the verdict come after Holm (``run_stats_stage``): the gate's tests are one family over all tasks."""
     training = load_training(out_dir, task, cfg.seeds.replicates)
     reps = pairs(training, VERDICT_METHOD)
     drops = None
@@ -78,10 +93,18 @@ def task_stats(cfg: StudyConfig, out_dir: Path, task: str, serve: dict) -> dict:
     drift_rows, drift_why = load_drift(out_dir, task)
     drift = drift_summary(drift_rows, drift_why, cfg.stats)
     seed = cfg.seeds.bootstrap
-    tests = seed_tests(task, training, cfg.stats) + example_tests(task, training, cfg.stats, seed)
+    tests = (gate_tests(task, training, _baselines(out_dir, task), cfg.stats, seed)
+             + seed_tests(task, training, cfg.stats) + example_tests(task, training, cfg.stats, seed))
     return {"descriptive": descriptive(training, cfg.stats), "tests": tests, "drift": drift,
-            "power": power_note(task, training, cfg.stats),
-            "verdict": verdict(a, drift["criterion_b"], serve["criterion_c"]), "notes": training.notes}
+            "power": power_note(task, training, cfg.stats), "criteria": (a, drift["criterion_b"], serve["criterion_c"]),
+            "notes": training.notes}
+
+
+def _decide(task: dict, alpha: float) -> None:
+    """After Holm: the task's validity gate, then the verdict A ∧ (B ∨ C) behind it."""
+    gate = gate_result([t for t in task["tests"] if t.get("family") == "validity"], alpha)
+    task["validity"] = gate
+    task["verdict"] = verdict(*task.pop("criteria"), gate=gate)
 
 
 def run_stats_stage(cfg: StudyConfig, out_dir: str | Path) -> dict:
@@ -94,12 +117,15 @@ def run_stats_stage(cfg: StudyConfig, out_dir: str | Path) -> dict:
                               batch_sizes=list(cfg.serve.batch_sizes))
         tasks = {task: task_stats(cfg, out_dir, task, serve) for task in cfg.data.tasks}
         apply_holm([t for task in tasks.values() for t in task["tests"]])
+        for task in tasks.values():
+            _decide(task, cfg.stats.validity_alpha)
+        verdicts = {task: t["verdict"]["state"] for task, t in tasks.items()}
         notes: list[str] = []
         doc = finite_or_none({
             "schema": SCHEMA, "results_dir": str(out_dir), "config": cfg.stats.model_dump(mode="json"),
             "seeds": {"bootstrap": cfg.seeds.bootstrap}, "definitions": DEFINITIONS,
-            "tasks": tasks, "serve": serve,
-            "verdicts": {task: t["verdict"]["state"] for task, t in tasks.items()}}, notes)
+            "tasks": tasks, "serve": serve, "verdicts": verdicts,
+            "overall": study_verdict(list(verdicts.values()))}, notes)
         doc["notes"] = notes
         atomic_write_json(stats_dir / "stats.json", doc)
         atomic_write_text(stats_dir / "stats.md", render(doc, cfg.output.note))

@@ -5,6 +5,12 @@ Each criterion has one of four states: "met", "not met", "inconclusive" (the dat
 three-valued logic, with "missing" and "inconclusive" both unknown; an unknown result is reported as
 "missing" when an operand is missing (running that stage could decide it), else "inconclusive".
 
+In front of the criteria stands the validity gate (``stats/validity.py``): where a method did not beat the
+strongest trivial baseline of its task, the task's verdict is "not assessable" — a fifth state that no
+criterion takes and that no logic turns into met or not met; a task without a gate result is "missing".
+A degenerate (zero-width) interval, e.g. from identical FT and LoRA predictions, decides nothing: it is
+not evidence of "no drop", so a criterion that would rest on it is inconclusive, with a note.
+
 - A (training): drop = FT − LoRA primary metric per seed pair (points). CI: two-sided t-CI at
   ``confidence`` over the per-pair drops (the two-sided 95% bound, as non-inferiority trials use: ICH E9;
   CONSORT, Piaggio et al. 2012). Met if upper ≤ margin; inconclusive if mean ≤ margin < upper; else not
@@ -24,10 +30,15 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Sequence
 
+from lorascope.drift.aggregate import ratio_reduction
 from lorascope.stats.checks import as_pair, as_sample
 from lorascope.stats.describe import describe
 
 MET, NOT_MET, INCONCLUSIVE, MISSING = "met", "not met", "inconclusive", "missing"
+NOT_ASSESSABLE = "not assessable"  # the validity gate failed: no criterion can be judged on these models
+MIN_TIMED_REQUESTS = 30  # §10: a serving cell needs ≥ 30 timed requests; fewer make C at most inconclusive
+DEGENERATE = ("zero-width interval (every seed pair gives the same value): not evidence either way — are the "
+              "two arms' predictions identical?")
 # Threshold comparisons allow this absolute slack, so that a value equal to a threshold up to float rounding
 # counts as equal (1 − 0.8/1.0 is 0.19999999999999996, not 0.2).
 EPS = 1e-12
@@ -77,6 +88,9 @@ def criterion_a(drops: Sequence[float] | None, *, margin: float = 3.0, confidenc
     out = {"criterion": "A", "stage": "training", "n": d["n"], "estimate": d["mean"], "ci": d["ci"],
            "confidence": confidence, "margin": margin}
     upper = d["ci"][1] if d["ci"] is not None else None
+    if upper is not None and d["ci"][0] == upper and d["mean"] <= margin + EPS:
+        return {**out, "state": INCONCLUSIVE, "note": DEGENERATE,
+                "reason": f"drop {d['mean']:.3f} in every seed pair: a {DEGENERATE}"}
     if upper is not None and upper <= margin + EPS:
         state, why = MET, f"upper {confidence:.0%} bound {upper:.3f} ≤ {margin} points"
     elif d["mean"] <= margin + EPS:
@@ -90,20 +104,25 @@ def criterion_a(drops: Sequence[float] | None, *, margin: float = 3.0, confidenc
 
 def criterion_b(drift_ft: Sequence[float] | None, drift_lora: Sequence[float] | None, *, threshold: float = 0.2,
                 confidence: float = 0.95) -> dict:
-    """Criterion B from per-seed drift scores (paired by replicate). None/empty → missing."""
+    """Criterion B from per-seed drift scores (paired by replicate). None/empty → missing.
+
+    The reduction and its interval come from ``drift.aggregate.ratio_reduction`` (log scale, so the interval
+    never passes 100%; the drift stage's tables use the same function)."""
     if drift_ft is None or drift_lora is None or len(drift_ft) == 0:
         return _missing("B", "no paired FT/LoRA drift scores (drift stage)")
     ft, lora = as_pair(drift_ft, drift_lora, ("drift_ft", "drift_lora"))
     out: dict[str, Any] = {"criterion": "B", "stage": "drift", "n": int(ft.size), "threshold": threshold,
                            "confidence": confidence, "estimate": None, "ci": None}
-    if (ft <= 0).any():
-        return {**out, "state": INCONCLUSIVE, "reason": "D_FT ≤ 0 in some seed: the reduction is undefined"}
-    d = describe(1.0 - lora / ft, confidence)
-    out.update(estimate=d["mean"], ci=d["ci"], per_seed=[float(v) for v in 1.0 - lora / ft],
-               ratio_of_means=float(1.0 - lora.mean() / ft.mean()))
-    if d["ci"] is None:
+    red = ratio_reduction(ft.tolist(), lora.tolist(), confidence)
+    if red["estimate"] is None:
+        return {**out, "state": INCONCLUSIVE, "reason": red["note"]}
+    out.update(estimate=red["estimate"], ci=red["ci"], per_seed=red["per_replicate"], interval=red["method"],
+               mean_of_reductions=red["mean_of_reductions"], ratio_of_means=float(1.0 - lora.mean() / ft.mean()))
+    if red["ci"] is None:
         return {**out, "state": INCONCLUSIVE, "reason": "one seed pair gives no CI"}
-    lo, hi = d["ci"]
+    lo, hi = red["ci"]
+    if lo == hi:
+        return {**out, "state": INCONCLUSIVE, "note": DEGENERATE, "reason": f"reduction {lo:.3f}: a {DEGENERATE}"}
     if lo >= threshold - EPS:
         return {**out, "state": MET, "reason": f"lower bound {lo:.3f} ≥ {threshold}"}
     if hi < threshold - EPS:
@@ -111,46 +130,108 @@ def criterion_b(drift_ft: Sequence[float] | None, drift_lora: Sequence[float] | 
     return {**out, "state": INCONCLUSIVE, "reason": f"CI [{lo:.3f}, {hi:.3f}] contains {threshold}"}
 
 
-def _backend_state(cells: dict[int, Sequence[float] | None], batch_sizes: Sequence[int], threshold: float) -> dict:
-    absent = [b for b in batch_sizes if cells.get(b) is None]
-    over = [b for b in batch_sizes if cells.get(b) is not None and cells[b][0] > threshold + EPS]
-    straddle = [b for b in batch_sizes if cells.get(b) is not None and cells[b][1] > threshold + EPS
-                and b not in over]
+def _cell(raw: Any) -> dict | None:
+    """A C input cell: None (not measured), a (lo, hi) CI, or ``{"ci": (lo, hi) | None, "n": timed requests,
+    "problem": why the cell cannot be used}``. A CI bound that is not finite counts as no measurement."""
+    if raw is None:
+        return None
+    cell = dict(raw) if isinstance(raw, dict) else {"ci": raw}
+    ci = cell.get("ci")
+    cell["ci"] = tuple(ci) if ci is not None and all(math.isfinite(v) for v in ci) else None
+    return cell
+
+
+def _fmt_bs(sizes: Sequence[int]) -> str:
+    return ", ".join(str(b) for b in sizes)
+
+
+def _backend_state(cells: dict[int, Any], batch_sizes: Sequence[int], threshold: float, min_requests: int) -> dict:
+    cells = {b: _cell(c) for b, c in cells.items()}
+    if not any(c is not None and (c["ci"] is not None or c.get("problem")) for c in cells.values()):
+        return {"state": MISSING, "reason": "no completed cell"}
+    usable = {b: c for b, c in cells.items() if c is not None and c["ci"] is not None and not c.get("problem")}
+    # Unmerged serving does strictly more work than merged: an overhead CI entirely below 0 is a measurement
+    # problem (warm-up, ordering, noise), never evidence; the cell is not used.
+    faster = [b for b in batch_sizes if b in usable and usable[b]["ci"][1] < 0]
+    problems = [b for b in batch_sizes if cells.get(b) is not None and cells[b].get("problem")]
+    absent = [b for b in batch_sizes if b not in usable and b not in problems]
+    usable = {b: c for b, c in usable.items() if b not in faster}
+    over = [b for b in batch_sizes if b in usable and usable[b]["ci"][0] > threshold + EPS]
+    straddle = [b for b in batch_sizes if b in usable and usable[b]["ci"][1] > threshold + EPS and b not in over]
+    counts = [c.get("n") for c in usable.values() if c.get("n") is not None]
+    few = min(counts) if counts else None
+    parts = []
+    if faster:
+        parts.append(f"unmerged faster than merged (CI below 0) at batch size(s) {_fmt_bs(faster)}: a measurement "
+                     "problem, not used")
+    parts += [f"batch size {b}: {cells[b]['problem']}" for b in problems]
+    if absent:
+        parts.append(f"no measurement at batch size(s) {_fmt_bs(absent)}")
     if over:
-        return {"state": NOT_MET, "reason": f"overhead CI above {threshold:.0%} at batch size(s) {over}"}
-    if absent or straddle:
-        parts = ([f"no measurement at batch size(s) {absent}"] if absent else []) + (
-            [f"CI contains {threshold:.0%} at batch size(s) {straddle}"] if straddle else [])
-        return {"state": INCONCLUSIVE, "reason": "; ".join(parts)}
-    return {"state": MET, "reason": f"upper bound ≤ {threshold:.0%} at every batch size {list(batch_sizes)}"}
+        state, why = NOT_MET, f"overhead CI above {threshold:.0%} at batch size(s) {_fmt_bs(over)}"
+    elif faster or problems or absent or straddle:
+        state = INCONCLUSIVE
+        why = "; ".join(parts + ([f"CI contains {threshold:.0%} at batch size(s) {_fmt_bs(straddle)}"]
+                                 if straddle else []))
+        parts = []
+    else:
+        state, why = MET, f"upper bound ≤ {threshold:.0%} at every batch size {_fmt_bs(batch_sizes)}"
+    if few is not None and few < min_requests and state in (MET, NOT_MET):
+        why = (f"under-powered: {few} timed requests per cell (§10 asks ≥ {min_requests}); the data alone would say "
+               f"'{state}' ({why})")
+        state = INCONCLUSIVE
+    if parts:
+        why = why + "; " + "; ".join(parts)
+    return {"state": state, "reason": why, "min_timed_requests": few}
 
 
-def criterion_c(overheads: dict[str, dict[int, Sequence[float] | None]] | None, *,
-                batch_sizes: Sequence[int] = (1, 2, 4, 8, 16), threshold: float = 0.3) -> dict:
-    """Criterion C from ``{backend: {batch_size: (ci_low, ci_high) or None}}`` (overhead as a fraction).
+def criterion_c(overheads: dict[str, dict[int, Any]] | None, *, batch_sizes: Sequence[int] = (1, 2, 4, 8, 16),
+                threshold: float = 0.3, min_requests: int = MIN_TIMED_REQUESTS) -> dict:
+    """Criterion C from ``{backend: {batch_size: cell}}`` (``_cell``: overhead CI as a fraction, timed requests).
 
-    None/empty → missing. A CI bound that is not finite counts as no measurement."""
+    None/empty, no batch size, or no backend with a completed cell → missing. Fewer than ``min_requests``
+    timed requests make a backend at most inconclusive; an overhead CI below 0 is flagged, not used."""
     if not overheads:
         return _missing("C", "no serving overhead measured (serve stage)")
-    per_backend = {}
-    for backend, cells in sorted(overheads.items()):
-        clean = {b: (tuple(ci) if ci is not None and all(math.isfinite(v) for v in ci) else None)
-                 for b, ci in cells.items()}
-        per_backend[backend] = _backend_state(clean, batch_sizes, threshold)
-    state = kleene_or(*(v["state"] for v in per_backend.values()))
-    deciding = [b for b, v in per_backend.items() if v["state"] == state]
-    reason = f"{state} for backend(s) {deciding}: " + "; ".join(per_backend[b]["reason"] for b in deciding)
+    if not batch_sizes:
+        return _missing("C", "no batch sizes to judge (serve.batch_sizes is empty)")
+    per_backend = {b: _backend_state(cells, batch_sizes, threshold, min_requests)
+                   for b, cells in sorted(overheads.items())}
+    measured = {b: v for b, v in per_backend.items() if v["state"] != MISSING}
+    if not measured:
+        c = _missing("C", "no backend completed a serving cell")
+        return {**c, "backends": per_backend, "backend": [], "threshold": threshold, "batch_sizes": list(batch_sizes)}
+    state = kleene_or(*(v["state"] for v in measured.values()))
+    deciding = [b for b, v in measured.items() if v["state"] == state]
+    reason = f"{state} for backend(s) {', '.join(deciding)}: " + "; ".join(per_backend[b]["reason"] for b in deciding)
     return {"criterion": "C", "stage": "serve", "state": state, "backends": per_backend, "backend": deciding,
             "threshold": threshold, "batch_sizes": list(batch_sizes), "reason": reason}
 
 
-def verdict(a: dict, b: dict, c: dict) -> dict:
-    """A ∧ (B ∨ C) over criterion dicts (each with ``state`` and ``stage``); names the missing stages."""
-    state = kleene_and(a["state"], kleene_or(b["state"], c["state"]))
+def verdict(a: dict, b: dict, c: dict, gate: dict | None = None) -> dict:
+    """A ∧ (B ∨ C) over criterion dicts (each with ``state`` and ``stage``); names the missing stages.
+
+    ``gate`` (``stats.validity.gate_result``): "passed" lets the criteria decide; "not assessable" makes the
+    verdict not assessable whatever A, B and C say; "missing" (or no gate) leaves it missing."""
     missing = [f"{x['stage']} (criterion {x['criterion']})" for x in (a, b, c) if x["state"] == MISSING]
+    if gate is not None and gate.get("state") != "passed":
+        state = NOT_ASSESSABLE if gate.get("state") == NOT_ASSESSABLE else MISSING
+        return {"state": state, "formula": "validity gate, then A ∧ (B ∨ C)", "criteria": {"A": a, "B": b, "C": c},
+                "gate": gate, "missing_stages": ([] if state == NOT_ASSESSABLE else ["validity gate"]) + missing,
+                "reason": gate.get("reason", "no validity gate result")}
+    state = kleene_and(a["state"], kleene_or(b["state"], c["state"]))
     reason = {MET: "A met and (B or C) met", NOT_MET: "A not met" if a["state"] == NOT_MET else "neither B nor C met"}
     undecided = [f"{x['criterion']} {x['state']}" for x in (a, b, c) if x["state"] in (INCONCLUSIVE, MISSING)]
     why = reason.get(state, f"undecided ({', '.join(undecided)})" + (f"; missing: {', '.join(missing)}"
                                                                       if missing else ""))
     return {"state": state, "formula": "A ∧ (B ∨ C)", "criteria": {"A": a, "B": b, "C": c},
-            "missing_stages": missing, "reason": why}
+            "missing_stages": missing, "reason": why, **({"gate": gate} if gate is not None else {})}
+
+
+def study_verdict(task_states: Sequence[str]) -> str:
+    """Over tasks: any task not assessable makes the study not assessable; else every task must hold (AND)."""
+    if not task_states:
+        return MISSING
+    if NOT_ASSESSABLE in task_states:
+        return NOT_ASSESSABLE
+    return kleene_and(*task_states)

@@ -25,7 +25,7 @@ from lorascope.config import section_hash
 from lorascope.config.schema import StudyConfig
 from lorascope.data.load import load_task
 from lorascope.drift import figures
-from lorascope.drift.aggregate import drift_scores, reduction_summary, t_band
+from lorascope.drift.aggregate import RANGES, drift_scores, reduction_summary, t_band
 from lorascope.drift.capture import lm_loss
 from lorascope.drift.compute import base_statistics, layer_drift
 from lorascope.drift.probes import ProbeSet, out_of_task_texts, probe_set
@@ -129,12 +129,14 @@ def _fmt_band(b: dict | None, pct: bool = False) -> str:
     if not b:
         return "—"
     f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.4f}")
-    return f(b["mean"]) + ("" if b["lo"] is None else f" [{f(b['lo'])}, {f(b['hi'])}]") + f" (n={b['n']})"
+    clipped = f"; clipped at the {' and '.join(b['clipped'])} end" if b.get("clipped") else ""
+    return f(b["mean"]) + ("" if b["lo"] is None else f" [{f(b['lo'])}, {f(b['hi'])}]") + f" (n={b['n']}{clipped})"
 
 
 def drift_markdown(results: dict[str, dict]) -> str:
     lines = ["## Drift (§8)", "", "Drift = mean over layers of (1 − debiased linear CKA) against the base model; "
-             "reduction = 1 − D_LoRA / D_FT (per replicate pair, mean and 95% t-interval over seeds).", "",
+             "reduction = 1 − D_LoRA / D_FT (per replicate pair: 1 − geometric-mean ratio, 95% t-interval of the mean "
+             "log ratio mapped back).", "",
              "| task | probes | pooling | drift FT | drift LoRA | reduction (paired) | reduction of means |",
              "|---|---|---|---|---|---|---|"]
     for task, r in results.items():
@@ -149,7 +151,7 @@ def drift_markdown(results: dict[str, dict]) -> str:
         by: dict = {}
         for f in r["forgetting"]:
             by.setdefault(f["method"], []).append(f["lm_loss"])
-        cells = [_fmt_band(t_band(by[m])) if m in by else "—" for m in ("base", "ft", "lora")]
+        cells = [_fmt_band(t_band(by[m], bounds=RANGES["lm_loss"])) if m in by else "—" for m in ("base", "ft", "lora")]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
