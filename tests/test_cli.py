@@ -8,6 +8,7 @@ shared folder, and ``$LORASCOPE_DATA_DIR`` is cleared so the environment cannot 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,39 @@ def test_run_writes_results_folder(tmp_path: Path, overrides: list[str]) -> None
     assert set(weights["runs"]) == {"FT"} and set(weights["dare"]["FT"]["dare"]) == {"0.0", "0.5", "0.9", "0.99"}
     assert (out / "mrpc" / "weights" / "figures" / "dare_curves.png").stat().st_size > 0
     assert "Weight structure" in (out / "summary.md").read_text()
+    # -- issue 13 items 4–6 on the finished study ------------------------------------------------------------
+    root = json.loads((out / "manifest.json").read_text())
+    assert root["status"] == "completed" and len(root["invocations"]) == 1
+    assert root["invocations"][0]["jobs"]["completed"] > 10 and root["invocations"][0]["status"] == "completed"
+    report_md = (out / "report" / "report.md").read_text()
+    assert "| status | completed |" in report_md and "| running |" not in report_md and "Invocations of" in report_md
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (out / "stats" / "stats.json").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+    # a no-op rerun adds a line to the history; it does not erase the run that made the results
+    again = invoke("run", CONFIG, "--out", out, *overrides, *tiny)
+    assert again.exit_code == 0, all_output(again)
+    inv = json.loads((out / "manifest.json").read_text())["invocations"]
+    assert len(inv) == 2 and inv[0]["jobs"]["completed"] > 10 and inv[1]["jobs"]["completed"] == 0
+    assert inv[1]["jobs"]["skipped"] == inv[0]["jobs"]["completed"]
+    # a key that defines the trained runs cannot change on this folder: an error naming it, before any job
+    jobs_before = sorted(p.name for p in (out / "jobs").iterdir())
+    changed = invoke("run", CONFIG, "--out", out, *overrides, *tiny, "train.grad_clip=0.5")
+    assert changed.exit_code == 2 and "train.grad_clip" in all_output(changed)
+    assert sorted(p.name for p in (out / "jobs").iterdir()) == jobs_before
+    assert len(json.loads((out / "manifest.json").read_text())["invocations"]) == 2
+    # commands that read the folder take its own config; training keys are refused, analysis keys recorded
+    bad = invoke("stats", out, "model.name_or_path=princeton-nlp/Sheared-LLaMA-1.3B")
+    assert bad.exit_code == 2 and "model.name_or_path" in all_output(bad) and "defines" in all_output(bad)
+    ok = invoke("stats", out, "stats.confidence=0.9")
+    assert ok.exit_code == 0, all_output(ok)
+    stats_manifest = json.loads((out / "stats" / "manifest.json").read_text())
+    assert stats_manifest["config"]["model"]["name_or_path"] == str(overrides[1].split("=", 1)[1])
+    assert stats_manifest["config_vs_study"] == [{"key": "stats.confidence", "study": 0.95, "here": 0.9}]
+    # one writer per folder: a live holder makes a second run stop at once, writing nothing
+    from lorascope.study.lock import folder_lock
+
+    with folder_lock(out, "test holder"):
+        busy = invoke("run", CONFIG, "--out", out, *overrides, *tiny)
+    assert busy.exit_code == 3 and "in use by another lorascope run" in all_output(busy)
+    assert len(json.loads((out / "manifest.json").read_text())["invocations"]) == 2

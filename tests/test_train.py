@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,46 @@ def test_nan_loss_fails_the_run_and_records_nothing(cfg, tmp_path):
     assert not (tmp_path / "n" / "results.json").exists() and not (tmp_path / "n" / "predictions_test.jsonl").exists()
 
 
+def test_collapse_without_nan_fails_the_run(cfg, tmp_path, data_dir, model_dir):
+    """Issue 13: lr 1e6 for 2 steps gave every test example the uniform distribution (−ln 512 per token), no NaN,
+    and a "completed" run with 38.54 accuracy. The run must fail as diverged, with diagnostics, and record nothing."""
+    args = ["--task", "mrpc", "--method", "lora", "--lr", "1e6", "--config", str(REPO / "configs" / "demo.yaml"),
+            f"data.data_dir={data_dir}", f"model.name_or_path={model_dir}", *SMALL[:-3], "train.max_steps=2",
+            "data.tasks=[mrpc]", "--out", str(tmp_path / "c")]
+    res = subprocess.run([sys.executable, "-m", "lorascope.cli.main", "train", *args], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode != 0 and "diverged" in res.stderr
+    failed = json.loads((tmp_path / "c" / "failed.json").read_text())
+    assert "uniform" in failed["reason"] or "ignores its input" in failed["reason"] or "exceeds" in failed["reason"]
+    assert not (tmp_path / "c" / "results.json").exists()
+    assert json.loads((tmp_path / "c" / MANIFEST).read_text())["status"] == "failed"
+
+
+def test_collapse_checks_by_hand(model_dir, tokenizer):
+    """The two output checks on a real model, a uniform one and an input-blind one; the loss check by numbers."""
+    from lorascope.models.load import load_causal_lm
+    from lorascope.config.schema import ModelConfig
+    from lorascope.train.collapse import loss_exploded, output_collapse
+
+    prompts = ["Sentence 1: a cat\nAnswer:", "Sentence 1: the dog ran home\nAnswer:", "Context: x\nQuestion: y\nAnswer:"]
+    model = load_causal_lm(ModelConfig(name_or_path=str(model_dir)))
+    healthy = output_collapse(model, tokenizer, prompts, device=torch.device("cpu"), max_length=64)
+    assert not healthy["collapsed"] and healthy["entropy_fraction_of_uniform"] < 0.9
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # logits 0 everywhere: the uniform distribution
+    flat = output_collapse(model, tokenizer, prompts, device=torch.device("cpu"), max_length=64)
+    assert flat["collapsed"] and "uniform" in flat["reason"]
+    class Blind(torch.nn.Module):  # confident, far from uniform, and the same whatever the input
+        def forward(self, input_ids, attention_mask):
+            logits = torch.zeros(512)
+            logits[5] = 8.0
+            return types.SimpleNamespace(logits=logits.expand(*input_ids.shape, 512))
+
+    blind = output_collapse(Blind(), tokenizer, prompts, device=torch.device("cpu"), max_length=64)
+    assert blind["collapsed"] and "ignores its input" in blind["reason"]
+    assert loss_exploded(13.0, 3.0, 4.0) and not loss_exploded(11.9, 3.0, 4.0) and not loss_exploded(99.0, 3.0, None)
+
+
 def test_kill_and_resume_gives_identical_weights(cfg, tmp_path, data_dir, model_dir):
     args = ["--task", "mrpc", "--method", "lora", "--lr", "5e-3", "--config", str(REPO / "configs" / "demo.yaml"),
             f"data.data_dir={data_dir}", f"model.name_or_path={model_dir}", *SMALL[:-3],
@@ -165,7 +206,7 @@ def test_hpo_never_reads_test(cfg, tmp_path, monkeypatch):
             read()
 
 
-def test_sanity_gate_passes_and_lr_zero_fails(cfg, tmp_path):
+def test_sanity_gate_passes_and_a_tiny_lr_fails(cfg, tmp_path):
     from lorascope.train.sanity import run_sanity
 
     ok = run_sanity(cfg, "mrpc", "ft", tmp_path / "ok")
@@ -173,8 +214,9 @@ def test_sanity_gate_passes_and_lr_zero_fails(cfg, tmp_path):
     assert ok["reached_loss_threshold"] and ok["final_loss"] <= 0.05
     broken = cfg.model_copy(deep=True)
     broken.sanity.max_steps = 5
-    bad = run_sanity(broken, "mrpc", "ft", tmp_path / "bad", lr=0.0)
-    assert not bad["passed"] and bad["steps"] == 5 and len(set(bad["loss_curve"])) == 1  # lr 0: nothing moves
+    bad = run_sanity(broken, "mrpc", "ft", tmp_path / "bad", lr=1e-12)  # lr 0 is a config error now
+    curve = bad["loss_curve"]
+    assert not bad["passed"] and bad["steps"] == 5 and max(curve) - min(curve) < 1e-4 * curve[0]  # nothing moves
     assert json.loads((tmp_path / "bad" / "sanity.json").read_text())["passed"] is False
 
 

@@ -108,6 +108,33 @@ def build_manifest(config: StudyConfig | None, *, command: str, seeds: dict | No
     }
 
 
+def _study_root(out: Path) -> tuple[Path, dict] | None:
+    """The nearest enclosing study folder (its manifest has ``invocations``) above ``out``, and its manifest."""
+    import json
+
+    for folder in list(out.resolve().parents)[:4]:
+        try:
+            man = json.loads((folder / MANIFEST).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(man, dict) and "invocations" in man:
+            return folder, man
+    return None
+
+
+def differences_from_study(out: Path, config: StudyConfig | None) -> list[dict] | None:
+    """How this folder's config differs from its study's (e.g. ``lorascope stats DIR stats.confidence=0.9``):
+    ``[{"key", "study", "here"}]``; None when the folder is not inside a study folder."""
+    from lorascope.config.load import config_diff
+
+    found = _study_root(out)
+    if found is None or config is None or not isinstance(found[1].get("config"), dict):
+        return None
+    here = config.model_dump(mode="json")
+    return [{"key": k, "study": a, "here": b} for k, a, b in config_diff(found[1]["config"], here)
+            if not k.startswith("output.")]
+
+
 @contextlib.contextmanager
 def run_manifest(out_dir: str | Path, config: StudyConfig | None, *, command: str, seeds: dict | None = None,
                  data_files: list | None = None, extra: dict | None = None) -> Iterator[dict]:
@@ -115,6 +142,9 @@ def run_manifest(out_dir: str | Path, config: StudyConfig | None, *, command: st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = build_manifest(config, command=command, seeds=seeds, data_files=data_files, extra=extra)
+    diff = differences_from_study(out, config)
+    if diff:
+        manifest["config_vs_study"] = diff
     atomic_write_json(out / MANIFEST, manifest)
     try:
         yield manifest
@@ -141,3 +171,50 @@ def is_completed(out_dir: str | Path, config: StudyConfig | None = None, identit
     if identity is not None and man.get("identity") != identity:
         return False
     return config is None or man.get("config_hash") == config_hash(config.model_dump(mode="json"))
+
+
+@contextlib.contextmanager
+def study_invocation(out_dir: str | Path, config: StudyConfig, *, command: str, extra: dict | None = None
+                     ) -> Iterator[dict]:
+    """The study folder's root manifest across invocations of ``lorascope run``: the resolved config, versions
+    and hardware of the latest one, and ``invocations`` — every run so far, each with its start, end, status,
+    the jobs it ran and skipped, and how its config differed from the previous invocation's — so a no-op rerun adds
+    a line instead of erasing the record of the run that produced the results. Yields the new invocation's
+    entry; the body fills ``jobs``. The root's ``status`` is the latest invocation's."""
+    import json
+    import socket
+
+    from lorascope.config.load import config_diff
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        previous = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        previous = {}
+    history = list(previous.get("invocations") or [])
+    if previous and not history and previous.get("started"):  # a root manifest from before the history existed
+        history.append({k: previous.get(k) for k in ("command", "started", "finished", "status")})
+    manifest = build_manifest(config, command=command, extra=extra)
+    before = previous.get("config") if isinstance(previous.get("config"), dict) else manifest["config"]
+    entry = {"command": command, "started": manifest["started"], "finished": None, "status": "running",
+             "host": socket.gethostname(), "pid": os.getpid(), "config_hash": manifest["config_hash"],
+             "git_commit": manifest["git"].get("commit"), "jobs": None,
+             "config_changes": [{"key": k, "before": a, "now": b} for k, a, b in config_diff(before, manifest["config"])
+                                if not k.startswith("output.")]}
+    history.append(entry)
+    manifest["invocations"] = history
+
+    def write(status: str, error: str | None = None) -> None:
+        entry.update(status=status, finished=None if status == "running" else _now(), **({"error": error} if error
+                                                                                          else {}))
+        manifest.update(status=status, finished=entry["finished"], **({"error": error} if error else {}))
+        atomic_write_json(out / MANIFEST, manifest)
+
+    write("running")
+    try:
+        yield entry
+    except BaseException as exc:
+        write("failed", "".join(traceback.format_exception_only(type(exc), exc)).strip())
+        raise
+    write("completed")

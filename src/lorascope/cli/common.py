@@ -27,6 +27,22 @@ def resolve_config(config: Path | None, overrides: list[str] | None) -> StudyCon
     return load_config(config, overrides or [])
 
 
+def results_config(results_dir: Path, config: Path | None, overrides: list[str] | None) -> StudyConfig:
+    """The config of a command that reads an existing results folder: the folder's own recorded config plus
+    analysis overrides (``lorascope.folder_config``); ``--config``, when given, must agree on the trained runs."""
+    from lorascope.folder_config import folder_config
+
+    given = load_config(config, []) if config is not None else None
+    if given is None and DEFAULT_CONFIG.is_file():
+        # without a study manifest in the folder, fall back to the default config as every command does
+        from lorascope.folder_config import recorded_config
+
+        if recorded_config(results_dir) is None:
+            given = load_config(DEFAULT_CONFIG, [])
+    return folder_config(results_dir, overrides, given,
+                         note=lambda msg: console.print(f"[yellow]note:[/] {msg}", highlight=False))
+
+
 def user_errors(fn: Callable) -> Callable:
     """Print a LorascopeError as one clear red message and exit 2, instead of a traceback."""
 
@@ -36,7 +52,7 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except LorascopeError as exc:
             console.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(getattr(exc, "exit_code", 2)) from None
 
     return wrapper
 

@@ -9,7 +9,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from lorascope.cli import report_cmd, run_cmd, serve_cmd, similarity_cmd, stats_cmd, train_cmds
-from lorascope.cli.common import console, print_json, resolve_config, user_errors
+from lorascope.cli.common import console, print_json, resolve_config, results_config, user_errors
 from lorascope.config import config_hash
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -115,7 +115,7 @@ def weights(results_dir: Path = typer.Argument(..., help="A study results folder
     """ΔW structure of the final FT and LoRA runs (§9): metrics, intruders, DARE curves, figures."""
     from lorascope.study.weights_stage import run_weights_stage, weights_markdown
 
-    cfg = resolve_config(config, overrides)
+    cfg = results_config(results_dir, config, overrides)
     console.print(weights_markdown(run_weights_stage(cfg, results_dir)), highlight=False)
 
 
@@ -129,7 +129,7 @@ def drift(results_dir: Path = typer.Argument(..., help="A study results folder (
     figures (FT vs LoRA, in- vs out-of-task), drift and drift reduction, the forgetting proxy."""
     from lorascope.study.drift_stage import drift_markdown, run_drift_stage
 
-    cfg = resolve_config(config, overrides)
+    cfg = results_config(results_dir, config, overrides)
     results = {}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         job = bar.add_task("starting", total=None)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from lorascope.cli.common import console, resolve_config, user_errors
+from lorascope.cli.common import console, results_config, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -29,6 +29,6 @@ def register(app: typer.Typer) -> None:
 
         if not results_dir.is_dir():
             raise ReportError(f"{results_dir}: results folder not found")
-        html = run_report_stage(resolve_config(config, overrides), results_dir)
+        html = run_report_stage(results_config(results_dir, config, overrides), results_dir)
         console.print(f"wrote {html} and {html.with_name('report.md')}")
         print(html)

@@ -86,8 +86,11 @@ def register(app: typer.Typer) -> None:
         from lorascope.study.engine import run_study
         from lorascope.study.jobs import build_study_dag
 
+        from lorascope.folder_config import check_same_training
+
         cfg = resolve_config(config, overrides)
         out_dir = out or Path(cfg.output.root)
+        check_same_training(out_dir, cfg)  # before any job: an existing folder keeps its trained runs
         dag = build_study_dag(cfg, out_dir)
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn())

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from lorascope.cli.common import console, resolve_config, user_errors
+from lorascope.cli.common import console, results_config, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         from lorascope.serve.report import serve_markdown
         from lorascope.serve.stage import run_serve_stage
 
-        cfg = resolve_config(config, overrides)
+        cfg = results_config(results_dir, config, overrides)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
             job = bar.add_task("serve-bench: starting", total=None)
             result = run_serve_stage(cfg, results_dir, data_dir=data_dir,

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from lorascope.cli.common import console, print_json, resolve_config, user_errors
+from lorascope.cli.common import console, print_json, results_config, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
         if not results_dir.is_dir():
             raise DataError("results folder not found", path=str(results_dir))
-        cfg = resolve_config(config, overrides)
+        cfg = results_config(results_dir, config, overrides)
         doc = run_stats_stage(cfg, results_dir)
         if as_json:
             print_json(doc)

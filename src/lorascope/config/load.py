@@ -142,7 +142,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     Raises ``ConfigError`` naming the file and key on unknown keys, bad types and malformed YAML.
     """
     source = str(path) if path is not None else "<defaults>"
-    tree = copy.deepcopy(read_yaml(path)) if path is not None else {}
+    return config_from_tree(read_yaml(path) if path is not None else {}, overrides, source)
+
+
+def config_from_tree(tree: dict, overrides: list[str] | tuple[str, ...] = (), source: str = "<config>") -> StudyConfig:
+    """Validate a config tree (e.g. the resolved config a results folder's manifest records) after overrides."""
+    tree = copy.deepcopy(tree)
     for key, value in parse_overrides(overrides):
         _apply_override(tree, key, value, f"override {key}=… on {source}")
     try:
@@ -164,7 +169,8 @@ def config_hash(cfg: StudyConfig | dict, length: int = 16) -> str:
 
 # How a run is executed, not what it computes: excluded from ``result_hash`` so that, e.g., a DDP run and a
 # single-process run resume from each other's checkpoints and share results.
-EXECUTION_KEYS = {"train": ("strategy", "compile", "checkpoint_every", "eval_batch_size"),
+# ``train.divergence_factor`` is a guard, not a recipe: a run that completed is the same run whatever it was.
+EXECUTION_KEYS = {"train": ("strategy", "compile", "checkpoint_every", "eval_batch_size", "divergence_factor"),
                   "tracking": None, "output": None, "hpo": ("storage",), "executor": None}
 # Analysis stages downstream of training: changing them must not invalidate (or re-run) a trained model,
 # so ``result_hash`` — the training runs' identity — leaves them out; each analysis stage keys its own
@@ -199,3 +205,31 @@ def section_hash(cfg: StudyConfig, *sections: str, length: int = 16) -> str:
     seeds = {k: tree["seeds"][k] for k in DOWNSTREAM_SEEDS}
     return config_hash({"training": result_hash(cfg, length=64), "seeds": seeds, **{s: tree[s] for s in sections}},
                        length)
+
+
+def key_role(dotted: str) -> str:
+    """What a config key is to a results folder: ``"training"`` (it defines the trained runs: part of
+    ``result_hash``), ``"analysis"`` (a downstream section or seed) or ``"execution"`` (how, not what)."""
+    section, _, rest = dotted.partition(".")
+    first = rest.split(".", 1)[0]
+    if section in DOWNSTREAM_SECTIONS or (section == "seeds" and first in DOWNSTREAM_SEEDS):
+        return "analysis"
+    if section in EXECUTION_KEYS and (EXECUTION_KEYS[section] is None or first in EXECUTION_KEYS[section]):
+        return "execution"
+    if section == "name":
+        return "execution"
+    return "training"
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Dotted keys whose values differ between two config trees, as (key, value in a, value in b); a dict-valued
+    key (e.g. ``train.epochs``) is compared whole when either side is not a dict."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        dotted = f"{prefix}{key}"
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict) and prefix.count(".") < 1:
+            out += config_diff(va, vb, dotted + ".")
+        elif va != vb:
+            out.append((dotted, va, vb))
+    return out

@@ -141,6 +141,8 @@ class TrainConfig(_Strict):
     checkpoint_every: int | None = Field(None, ge=1)  # steps; None = at each validation and at the end
     # Cap on optimizer steps: total = min(max_steps, epochs × steps per epoch); None = epochs decide.
     max_steps: int | None = Field(None, ge=1)
+    # A step loss above this × the first step's loss fails the run as diverged (train/collapse.py); None = off.
+    divergence_factor: float | None = Field(4.0, gt=1)
 
     _methods = field_validator("methods")(lambda v: _distinct(v, "methods"))
 

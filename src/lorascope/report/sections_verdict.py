@@ -110,6 +110,20 @@ def reproducibility(results: dict) -> Section:
         ["CUDA / driver", f"{fmt.plain(hw.get('torch_cuda'))} / {fmt.plain(hw.get('driver'))}"],
         ["platform", fmt.plain(hw.get("platform"))], ["status", fmt.plain(man.get("status"))],
         ["started", fmt.plain(man.get("started"))], ["finished", fmt.plain(man.get("finished"))]]))
+    invocations = [i for i in man.get("invocations") or [] if isinstance(i, dict)]
+    if invocations:
+        rows = []
+        for inv in invocations:
+            jobs = inv.get("jobs") or {}
+            changes = "; ".join(f"{c.get('key')}: {fmt.plain(c.get('before'))} → {fmt.plain(c.get('now'))}"
+                                for c in inv.get("config_changes") or []) or fmt.NONE
+            rows.append([fmt.plain(inv.get("started")), fmt.plain(inv.get("finished")), str(inv.get("status")),
+                         fmt.plain(jobs.get("completed")), fmt.plain(jobs.get("skipped")),
+                         fmt.plain((jobs.get("failed") or 0) + (jobs.get("cancelled") or 0) if jobs else None),
+                         f"{inv.get('host', '?')}", changes])
+        s.blocks.append(Table(["started", "finished", "status", "jobs run", "skipped", "failed / cancelled", "host",
+                               "config changes vs the previous invocation"], rows,
+                              "Invocations of lorascope run on this folder (the results come from those that ran jobs)."))
     stage_rows = []
     for task, t in results["tasks"].items():
         for rel, m in t["manifests"]:

@@ -12,7 +12,7 @@ from typing import Callable
 
 from lorascope.config.schema import StudyConfig
 from lorascope.errors import LorascopeError
-from lorascope.manifest import run_manifest
+from lorascope.manifest import study_invocation
 from lorascope.study.dag import Dag, Job
 from lorascope.study.executors import EventFn, StudyFailed, StudyOutcome, execute
 from lorascope.study.ingest import ingest_job
@@ -88,14 +88,25 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, executor: str | None = N
     from lorascope.study.jobs import build_study_dag
     from lorascope.study.summary import write_summary
 
+    from lorascope.folder_config import check_same_training
+    from lorascope.study.lock import folder_lock
+
     out_dir = Path(out_dir)
-    dag = dag or build_study_dag(cfg, out_dir)
     kind = executor or cfg.executor.kind
-    with run_manifest(out_dir, cfg, command="run", extra={"executor": kind, "jobs": len(dag)}) as manifest:
-        backend = make_backend(cfg, out_dir, kind=kind, parallel=parallel, data_dir=data_dir, progress=progress)
-        outcome = run_dag(cfg, dag, out_dir, backend, on_event=on_event)
-        manifest["job_status"] = {s: outcome.count(s) for s in ("skipped", "completed", "failed", "cancelled")}
-        if outcome.failed or outcome.ingest_errors:
-            raise StudyFailed(outcome.error_message() + f"\njob records: {out_dir / 'jobs'}/<job>/manifest.json")
-        summary = write_summary(cfg, dag, out_dir)
+    with folder_lock(out_dir, f"lorascope run ({kind})", note=progress):
+        check_same_training(out_dir, cfg)  # under the lock: the folder's config cannot change meanwhile
+        dag = dag or build_study_dag(cfg, out_dir)
+        with study_invocation(out_dir, cfg, command="run", extra={"executor": kind, "jobs": len(dag)}) as entry:
+            backend = make_backend(cfg, out_dir, kind=kind, parallel=parallel, data_dir=data_dir, progress=progress)
+            outcome = run_dag(cfg, dag, out_dir, backend, on_event=on_event)
+            entry["jobs"] = {s: outcome.count(s) for s in ("skipped", "completed", "failed", "cancelled")}
+            if outcome.failed or outcome.ingest_errors:
+                raise StudyFailed(outcome.error_message() + f"\njob records: {out_dir / 'jobs'}/<job>/manifest.json")
+            summary = write_summary(cfg, dag, out_dir)
+        if entry["jobs"]["completed"] and "report" in dag.jobs:
+            # The report job ran inside this invocation, before it was recorded as completed: render it once
+            # more now, so the report a reader opens never shows a finished study as "running".
+            from lorascope.report.stage import write_report
+
+            write_report(out_dir, cfg)
     return outcome, summary

@@ -23,7 +23,34 @@ from lorascope.study.dag import Job
 from lorascope.study.runner import run_job
 
 
-def _init_worker(threads: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """A worker must not outlive its driver: a SIGKILLed driver left its workers running jobs into a folder no
+    one watches. Linux: the kernel sends SIGKILL to this process when the parent dies (PR_SET_PDEATHSIG); and
+    everywhere a watchdog thread exits the process once the parent pid changes (re-parented to init)."""
+    import ctypes
+    import signal
+    import threading
+    import time
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lorascope-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    die_with_parent(parent)
     # Before torch is imported in this fresh (spawned) process, so its thread pools start at this size.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
@@ -84,7 +111,7 @@ class ProcessBackend:
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
         return cf.ProcessPoolExecutor(max_workers=self.parallel, mp_context=mp.get_context("spawn"),
-                                      initializer=_init_worker, initargs=(self.threads,))
+                                      initializer=_init_worker, initargs=(self.threads, os.getpid()))
 
     def _needs_gpu(self, job: Job) -> bool:
         return job.num_gpus > 0 and self.n_gpus > 0

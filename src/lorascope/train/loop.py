@@ -24,6 +24,7 @@ from lorascope.data.tokenize import IGNORE_INDEX, Encoded
 from lorascope.errors import LorascopeError
 from lorascope.train.batching import epoch_batches, micro_batches
 from lorascope.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lorascope.train.collapse import loss_exploded
 from lorascope.train.dist import DistInfo, all_reduce_sum, broadcast_bool, grad_sync
 from lorascope.train.evaluate import autocast_ctx
 from lorascope.train.seeds import RunSeeds
@@ -31,10 +32,12 @@ from lorascope.train.speed import adamw_kwargs
 
 
 class TrainingDiverged(LorascopeError):
-    """The loss or gradient norm became NaN/inf. ``diagnostics`` says where and what led to it."""
+    """The loss or gradient norm became NaN/inf, the loss exploded, or the outputs collapsed (``collapse.py``).
+    ``diagnostics`` says where and what led to it."""
 
     def __init__(self, diagnostics: dict):
-        super().__init__(f"training diverged at step {diagnostics['step']}: loss={diagnostics['loss']}, "
+        why = f" ({diagnostics['reason']})" if diagnostics.get("reason") else ""
+        super().__init__(f"training diverged at step {diagnostics['step']}{why}: loss={diagnostics['loss']}, "
                          f"grad_norm={diagnostics.get('grad_norm')}, lr={diagnostics['lr']:.3g}")
         self.diagnostics = diagnostics
 
@@ -53,6 +56,7 @@ class LoopSettings:
     checkpoint_every: int | None = None  # steps; None: at evaluation points and the end
     bf16: bool = True
     stop_loss: float | None = None  # stop once the step loss is ≤ this (sanity gate, §6)
+    divergence_factor: float | None = None  # a step loss above this × the first step's is a divergence
 
 
 @dataclass
@@ -116,10 +120,12 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
                out_dir: Path, *, pad_id: int, device: torch.device, dist: DistInfo = DistInfo(),
                validate: Callable[[], dict] | None = None, primary: str = "accuracy",
                on_best: Callable[[int, dict], None] | None = None, log: Callable[[dict], None] = lambda r: None,
-               identity: str | None = None) -> LoopResult:
+               identity: str | None = None, health: Callable[[], dict] | None = None) -> LoopResult:
     """Train ``model`` (through ``loss_module``) on ``train``; resume from ``out_dir/checkpoints`` if present.
 
     ``validate()`` returns validation metrics; the best by ``primary`` triggers ``on_best(step, metrics)``.
+    ``health()`` (``collapse.output_collapse``) runs before each validation: collapsed outputs, like a NaN
+    loss or a loss above ``divergence_factor`` × the first step's, raise ``TrainingDiverged``.
     The caller's global torch RNG state is restored on return (the dropout stream lives in a fork).
     """
     S = settings
@@ -186,9 +192,15 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
             lr = scheduler.get_last_lr()[0]
             norm = torch.nn.utils.clip_grad_norm_(params, S.grad_clip)
             grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            recent = [h for h in result.history if "loss" in h][-5:]
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 raise TrainingDiverged({"step": step + 1, "loss": loss, "grad_norm": grad_norm, "lr": lr,
-                                        "recent": [h for h in result.history if "loss" in h][-5:]})
+                                        "recent": recent})
+            first = next((h["loss"] for h in result.history if "loss" in h), None)
+            exploded = loss_exploded(loss, first, S.divergence_factor)
+            if exploded:
+                raise TrainingDiverged({"step": step + 1, "loss": loss, "grad_norm": grad_norm, "lr": lr,
+                                        "reason": exploded, "recent": recent})
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -201,6 +213,12 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
             result.history.append(record)
             log(record)
             if eval_every and (step % eval_every == 0 or step == total):
+                if health is not None:
+                    diag = health()
+                    if diag["collapsed"]:
+                        raise TrainingDiverged({"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr,
+                                                "reason": diag["reason"], "outputs": diag,
+                                                "recent": result.history[-5:]})
                 metrics = validate()
                 # Every rank must take the same decision (on_best is collective under FSDP): rank 0's.
                 better = bool(broadcast_bool(result.best_metric is None or metrics[primary] > result.best_metric, dist))

@@ -26,7 +26,9 @@ from lorascope.manifest import is_completed, run_manifest
 from lorascope.models.load import load_causal_lm
 from lorascope.models.lora import apply_lora
 from lorascope.models.tokenizer import load_tokenizer
+from lorascope.data.prompts import prompt
 from lorascope.train.checkpoint import latest_checkpoint, load_trainable_state, trainable_state
+from lorascope.train.collapse import PROBE_PROMPTS, output_collapse
 from lorascope.train.dist import DistInfo, barrier, root_unsharded, wrap_for_strategy
 from lorascope.train.evaluate import PRIMARY, evaluate
 from lorascope.train.holdout import without_test
@@ -74,7 +76,8 @@ def loop_settings(cfg: StudyConfig, spec: RunSpec, device: torch.device) -> Loop
     return LoopSettings(lr=spec.lr, weight_decay=method_cfg.weight_decay, epochs=t.epochs[spec.task],
                         effective_batch=t.effective_batch, micro_batch=t.micro_batch, warmup_ratio=t.warmup_ratio,
                         grad_clip=t.grad_clip, evals_per_epoch=t.evals_per_epoch, max_steps=t.max_steps,
-                        checkpoint_every=t.checkpoint_every, bf16=t.bf16_on_cuda and device.type == "cuda")
+                        checkpoint_every=t.checkpoint_every, bf16=t.bf16_on_cuda and device.type == "cuda",
+                        divergence_factor=t.divergence_factor)
 
 
 def build_model(cfg: StudyConfig, method: str, init_seed: int, device: torch.device):
@@ -187,6 +190,12 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
             with root_unsharded(loss_module), eager():
                 return evaluate(spec.task, model, tokenizer, data["validation"], **ev, synced_gpus=dist.world_size > 1)[0]
 
+        health_prompts = [prompt(ex) for ex in data["validation"][:PROBE_PROMPTS]]
+
+        def health() -> dict:
+            with root_unsharded(loss_module), eager(), torch.no_grad():
+                return output_collapse(model, tokenizer, health_prompts, device=device, max_length=cfg.data.max_length)
+
         def on_best(step: int, metrics: dict) -> None:
             weights = trainable_state(model)  # collective under FSDP: every rank gathers
             if dist.is_main:
@@ -198,7 +207,7 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
         try:
             res = train_loop(loss_module, model, train_enc, settings, seeds, out_dir, pad_id=tokenizer.pad_token_id,
                              device=device, dist=dist, validate=validate, primary=PRIMARY[spec.task], on_best=on_best,
-                             log=tracker.log, identity=identity)
+                             log=tracker.log, identity=identity, health=health if health_prompts else None)
         except TrainingDiverged as exc:
             if dist.is_main:
                 atomic_write_json(out_dir / "failed.json", {"error": str(exc), **exc.diagnostics}, allow_nan=True)
