@@ -4,6 +4,8 @@ derived from float64 rounding (eps = 2.2e-16); each assertion says why it holds 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from lorascope.weights import (LLAMA_MODULE_TYPES, LoraFactors, ModuleDelta, apply_delta_transform, intruder_dimensions,
                                left_singular_vectors, lora_deltas, lora_factors, magnitude_transform, module_report,
                                resident_deltas, weights_reports)
+from lorascope.weights.intruders import refined_top_left, top_left_singular_vectors
 from lorascope.weights.prefetch import Prefetched
 from lorascope.weights.spectra import (gram_or_svd_singular_values, left_singular_basis, lowrank_singular_values)
 
@@ -114,6 +117,39 @@ def test_intruders_with_the_fast_basis_equal_the_svd_basis(transpose):
     np.testing.assert_allclose(fast.max_cos, ref.max_cos, rtol=0, atol=1e-9)
     if not transpose:
         assert fast.count == 3
+
+
+@pytest.mark.parametrize("shape", [(60, 90), (90, 60)])
+def test_gram32_top_vectors_are_within_their_bound_of_the_float64_ones(shape):
+    w = _randn(*shape, seed=9)                       # Gaussian: a flat top spectrum, the hard case for gaps
+    exact, s_exact, _ = top_left_singular_vectors(w, 10, method="gram")
+    res = refined_top_left(w, 10)
+    assert res is not None
+    u, s, bound = res
+    err = torch.linalg.vector_norm(u - exact * torch.sign((u * exact).sum(0)), dim=0)
+    assert (err <= bound).all() and float(bound.max()) < 1e-3   # the certificate holds and is informative
+    torch.testing.assert_close(s, s_exact, rtol=1e-10, atol=0)    # Ritz values: error ~ residual² / gap
+
+
+@pytest.mark.parametrize("t_over_s, method", [(3.0, "gram32"), (math.sqrt(3.0), "gram")])
+def test_gram32_redoes_in_float64_a_decision_at_the_threshold(t_over_s, method):
+    # W_base + t·x·v_0ᵀ with x ⊥ W_base's columns: the top tuned vector is (s_0 u_0 + t x)/√(s_0² + t²), whose
+    # max |cos| with W_base's vectors is s_0/√(s_0² + t²): 0.316 for t = 3·s_0 (clear), exactly 0.5 = ε for
+    # t = √3·s_0 — within any bound of ε, so gram32 must hand the module to the float64 route.
+    tuned = W_BASE + float(t_over_s * S[0]) * X[:, :1] @ V[:, :1].T
+    ub = left_singular_basis(W_BASE)
+    res = intruder_dimensions(None, tuned, U_base=ub, method="gram32")
+    ref = intruder_dimensions(None, tuned, U_base=ub, method="gram")
+    assert res.method == method and res.is_intruder == ref.is_intruder
+    assert res.max_cos[0] == pytest.approx(1 / math.sqrt(1 + t_over_s**2), abs=1e-6)
+
+
+def test_gram32_in_a_whole_report_gives_the_reference_decisions(tuned_pair):
+    fast = weights_reports(_items(tuned_pair), intruder_method="gram32")
+    ref = weights_reports(_items(tuned_pair), path="reference")
+    for label in ("FT", "LoRA"):
+        for f, r in zip(fast[label]["modules"], ref[label]["modules"]):
+            assert f["intruder_detail"]["is_intruder"] == r["intruder_detail"]["is_intruder"], f["name"]
 
 
 # ---------------------------------------------------------------- whole reports, fast vs reference
