@@ -16,27 +16,34 @@ GPU; the host — 32 cores — is shared), which keeps the whole script under 9 
 tok/s = real tokens / summed step times over the steps after --warmup (compile) and before the profiled steps.
 Scaling efficiency = tok/s(N GPUs) / (N × tok/s(single process, 1 GPU)). Aim: DDP on 2 GPUs ≥ 1.8×.
 --profile: the N-GPU DDP runs record their last 3 steps with torch.profiler on every rank (kernel table by device
-time, NCCL vs compute totals, $OUT/profile-<run>-rank<r>.txt) — where the time goes if the aim is missed.
+time, NCCL vs compute totals; $OUT/torchrun_scaling_profiles.txt) — where the time goes if the aim is missed.
 
 Runs on the GPU machine (no hub, no ../shared): writes a random-weight model folder with a word-level tokenizer
-built in code and a synthetic MRPC mirror, then launches the real CLI. Needs the package bundle (the CLI needs
-pydantic; benchmarks/gpu_site.sh, docs/gpu.md):
+built in code and a synthetic MRPC mirror, then launches the real CLI. Bundle (benchmarks/gpu_site.sh, docs/gpu.md):
+NEEDED — the CLI reads the pydantic config. On the GPU machine (repository root):
 
     mkdir -p /tmp/site && tar -xJf .gpu_site/site.tar.xz -C /tmp/site && \\
-    PYTHONPATH=$PWD/src:/tmp/site python3 benchmarks/torchrun_scaling.py --out $OUT --profile   # ~7-8 min, 2×H200
+    PYTHONPATH=$PWD/src:/tmp/site python3 benchmarks/torchrun_scaling.py --out $OUT --profile   # ~8 min, 2×H200
+
+Inside a device call shared with other scripts, pass ``--deadline $D`` (Unix time): waves that would not finish
+by then are skipped and reported; ``--only <run names>`` runs them in a later call.
 
 Issue 9's one-GPU table, approximately: ``--gpus 1 --per-rank-batch 16 --seq-len 222`` (it had ~222-token prompts).
 CPU smoke test (gloo, 2 processes, a 2-layer model): ``python benchmarks/torchrun_scaling.py --tiny --out /tmp/ts``.
-Writes $OUT/torchrun_scaling.json, $OUT/logs/<run>.log, $OUT/curves/<run>.jsonl (per-step metrics).
+Writes to $OUT (rewritten after every wave, and on SIGTERM, so a timeout keeps what was measured):
+torchrun_scaling.json (table, per-step metrics, curve comparison), torchrun_scaling_logs.txt (each run's error
+and log tail), torchrun_scaling_profiles.txt (with --profile).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -156,23 +163,41 @@ def launch(run: Run, args, model: Path, data: Path, gpus: list[int], root: Path)
     if run.kind == "single":
         cmd = [sys.executable, "-m", "lorascope.cli.main", *train]
     else:
-        entry = ([str(Path(__file__).resolve()), "--profiled-cli", str(args.out / "profiles" / run.name),
+        entry = ([str(Path(__file__).resolve()), "--profiled-cli", str(args.work / "profiles" / run.name),
                   str(run.profiled_from), str(args.profile_steps)] if profiled else ["-m", "lorascope.cli.main"])
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(run.world), "--master_addr",
                "127.0.0.1", "--master_port", str(free_port()), *entry, *train, f"train.strategy={run.kind}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.threads),
            "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}
-    run.log = (args.out / "logs" / f"{run.name}.log").open("w")
+    run.log = (args.work / "logs" / f"{run.name}.log").open("w")
     run.t0, run.out, run.gpus = time.perf_counter(), out, gpus
+    run.timeout = min(args.run_timeout_s, args.deadline - time.time() - 5) if args.deadline else args.run_timeout_s
     log(f"start  {run.name} on GPU {','.join(map(str, gpus))}: micro {micro} × world {run.world} × accum {accum}")
     return subprocess.Popen(cmd, stdout=run.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """Kill a run this script started and every process under it, by pid: torchrun's workers sit in sessions of
+    their own, so neither the agent's process group nor a SIGKILL to the agent reaches them."""
+    import psutil
+
+    try:
+        root = psutil.Process(proc.pid)
+        tree = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def collect(run: Run, proc: subprocess.Popen, args) -> dict:
     try:
-        rc = proc.wait(timeout=max(1.0, args.run_timeout_s - (time.perf_counter() - run.t0)))
+        rc = proc.wait(timeout=max(1.0, run.timeout - (time.perf_counter() - run.t0)))
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)  # the process group this script started (start_new_session)
+        kill_tree(proc)
         proc.wait()
         rc = "timeout"
     run.log.close()
@@ -180,13 +205,14 @@ def collect(run: Run, proc: subprocess.Popen, args) -> dict:
     row = {"run": run.name, "kind": run.kind, "method": run.method, "gpus": run.world, **run.batch, "wall_s": wall}
     metrics = run.out / "metrics.jsonl"
     if rc != 0 or not metrics.is_file():
-        text = (args.out / "logs" / f"{run.name}.log").read_text()
+        text = (args.work / "logs" / f"{run.name}.log").read_text()
         first = text.find("Traceback (most recent call last)")  # the failing rank's own error, not torchrun's summary
         shutil.rmtree(run.out, ignore_errors=True)
         return {**row, "error": f"exit {rc}: " + (text[first:first + 1500] if first >= 0 else text[-1500:])}
-    shutil.copy(metrics, args.out / "curves" / f"{run.name}.jsonl")
     steps = [json.loads(line) for line in metrics.read_text().splitlines()]
     steps = [r for r in steps if "loss" in r]
+    row["steps"] = [{k: r.get(k) for k in ("step", "loss", "grad_norm", "tokens", "step_time_s", "peak_mem_gib")}
+                    for r in steps]
     shutil.rmtree(run.out, ignore_errors=True)  # FT folders hold ~27 GB (best, checkpoint with AdamW, final model)
     end = run.profiled_from - 2 if run.profiled_from else len(steps)  # the profiler's warm-up step is out too
     timed = steps[args.warmup:end]
@@ -244,6 +270,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=4, help="OMP_NUM_THREADS per process")
     p.add_argument("--run-timeout-s", type=float, default=200.0)
     p.add_argument("--budget-s", type=float, default=450.0, help="start no wave after this many seconds")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="Unix time by which everything must be over (a shared device call): no wave starts later "
+                        "than --min-wave-s before it, and a run is stopped at it")
+    p.add_argument("--min-wave-s", type=float, default=110.0, help="with --deadline: the time a wave may need")
     p.add_argument("--tiny", action="store_true", help="a 2-layer model on the CPU (gloo): a smoke test")
     args = p.parse_args()
     if args.tiny:
@@ -254,11 +284,15 @@ def main() -> None:
 
     n = args.gpus or (2 if args.tiny else max(1, torch.cuda.device_count()))
     args.global_batch = args.global_batch or args.per_rank_batch * n
-    for sub in ("logs", "curves", "profiles"):
-        (args.out / sub).mkdir(parents=True, exist_ok=True)
+    args.work = Path("/tmp/lorascope-scaling-work")  # per-run logs and profiles; $OUT gets ≤ 4 files (device limit)
+    shutil.rmtree(args.work, ignore_errors=True)
+    for sub in ("logs", "profiles"):
+        (args.work / sub).mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     shm = Path("/dev/shm")
     root = (shm if shm.is_dir() and shutil.disk_usage(shm).free > 80 * 2**30 else Path("/tmp")) / "lorascope-scaling"
-    model, data = Path("/tmp/scaling-model-tiny" if args.tiny else "/tmp/scaling-model-13b"), Path(f"/tmp/scaling-mrpc-{args.seq_len}")
+    model = Path("/tmp/scaling-model-tiny" if args.tiny else "/tmp/scaling-model-13b")
+    data = Path(f"/tmp/scaling-mrpc-{args.seq_len}")
     make_model(model)
     steps_needed = args.steps * args.global_batch
     make_mrpc(data, args.seq_len, n_train=max(1200, steps_needed + args.global_batch), n_eval=args.eval_rows)
@@ -267,39 +301,69 @@ def main() -> None:
         f"{args.seq_len} tokens; {torch.cuda.device_count()} GPU(s)")
 
     rows: list[dict] = []
+    running: list[tuple[Run, subprocess.Popen]] = []
+
+    def on_term(signum, frame):  # `timeout` or the device's limit: stop our runs, keep what was measured
+        for _, proc in running:
+            kill_tree(proc)
+        write_outputs(args, rows, n, torch, interrupted=f"signal {signum}")
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
     for wave in schedule(args.methods, n, args.serial):
         wave = [r for r in wave if args.only is None or r.name in args.only]
         if not wave:
             continue
-        if time.perf_counter() - T0 > args.budget_s:
+        left = args.deadline - time.time() if args.deadline else math.inf
+        if time.perf_counter() - T0 > args.budget_s or left < args.min_wave_s:
             rows += [{"run": r.name, "kind": r.kind, "method": r.method, "gpus": r.world, "error": "skipped: time budget"}
                      for r in wave]
             continue
         if wave[0].world > 1:
-            procs = [(wave[0], launch(wave[0], args, model, data, list(range(n)), root))]
+            running[:] = [(wave[0], launch(wave[0], args, model, data, list(range(n)), root))]
         else:
-            procs = [(r, launch(r, args, model, data, [i % max(1, n)], root)) for i, r in enumerate(wave)]
-        for r, proc in procs:
+            running[:] = [(r, launch(r, args, model, data, [i % max(1, n)], root)) for i, r in enumerate(wave)]
+        for r, proc in running:
             row = collect(r, proc, args)
             rows.append(row)
             log(f"done   {r.name}: " + (f"{row['tokens_per_s']} tok/s, median step {row['median_step_s']:.3f} s, "
                                          f"peak {row['peak_mem_gib']} GiB, wall {row['wall_s']} s"
                                          if "tokens_per_s" in row else f"FAILED {row['error'][-300:]}"))
+        running.clear()
+        write_outputs(args, rows, n, torch)
+    result = write_outputs(args, rows, n, torch)
+    print_table(result, rows)
 
+
+def write_outputs(args, rows: list[dict], n: int, torch, interrupted: str | None = None) -> dict:
+    """$OUT/torchrun_scaling.json (+ _logs.txt, _profiles.txt), rewritten after every wave so a kill keeps the rest."""
     base = {r["method"]: r["tokens_per_s"] for r in rows if r["kind"] == "single" and "tokens_per_s" in r}
     for r in rows:
         if "tokens_per_s" in r and r["method"] in base:
             r["speedup_vs_single_1gpu"] = round(r["tokens_per_s"] / base[r["method"]], 3)
             r["scaling_efficiency"] = round(r["speedup_vs_single_1gpu"] / r["gpus"], 3)
-    curves = compare_curves(rows, n)
-    profiles = sorted(str(f) for f in (args.out / "profiles").rglob("*.txt"))
+    profiles = sorted((args.work / "profiles").rglob("*.txt"))
     result = {"gpus": n, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
               "torch": torch.__version__, "global_batch": args.global_batch, "per_rank_batch": args.per_rank_batch,
               "seq_len": args.seq_len, "steps": args.steps, "warmup": args.warmup,
-              "runs": [{k: v for k, v in r.items() if k != "losses"} for r in rows], "loss_curves": curves,
-              "losses": {r["run"]: r["losses"] for r in rows if "losses" in r}, "profiles": profiles,
+              "runs": [{k: v for k, v in r.items() if k not in ("losses", "steps")} for r in rows],
+              "loss_curves": compare_curves(rows, n), "per_step": {r["run"]: r["steps"] for r in rows if "steps" in r},
+              "profiles": [str(f.relative_to(args.work)) for f in profiles], "interrupted": interrupted,
               "total_s": round(time.perf_counter() - T0, 1)}
     (args.out / "torchrun_scaling.json").write_text(json.dumps(result, indent=1))
+    with (args.out / "torchrun_scaling_logs.txt").open("w") as f:  # per run: its error, then the tail of its log
+        for log_file in sorted((args.work / "logs").glob("*.log")):
+            text = log_file.read_text(errors="replace")
+            first = text.find("Traceback (most recent call last)")
+            f.write(f"===== {log_file.stem}\n" + (text[first:first + 4000] + "\n-- tail --\n" if first >= 0 else "")
+                    + text[-6000:] + "\n")
+    if profiles:
+        (args.out / "torchrun_scaling_profiles.txt").write_text(
+            "".join(f"===== {f.relative_to(args.work)}\n{f.read_text()}\n" for f in profiles))
+    return result
+
+
+def print_table(result: dict, rows: list[dict]) -> None:
     print(f"\n{'run':<20}{'GPUs':>5}{'micro×acc':>11}{'tok/s':>9}{'×single':>9}{'eff.':>7}{'peak GiB':>10}{'step s':>8}")
     for r in rows:
         if "tokens_per_s" not in r:
@@ -309,11 +373,11 @@ def main() -> None:
               f"{r['tokens_per_s']:>9}{r.get('speedup_vs_single_1gpu', float('nan')):>9.2f}"
               f"{r.get('scaling_efficiency', float('nan')):>7.2f}{r['peak_mem_gib']:>10.2f}{r['median_step_s']:>8.3f}")
     print("\nloss curves, same global batch (expect agreement up to bf16 / reduction-order noise):")
-    for c in curves:
+    for c in result["loss_curves"]:
         print(f"  {c['a']:<18} vs {c['b']:<18} max rel diff {c['max_rel_diff']:.2e} over {c['steps']} steps "
               f"(step 1: {c['first_step_rel_diff']:.1e}; loss {c['loss_first_last'][0]:.3f} → {c['loss_first_last'][1]:.3f})")
-    for f in profiles:
-        print(f"profile: {f}")
+    for f in result["profiles"]:
+        print(f"profile: {f} (in torchrun_scaling_profiles.txt)")
     print(f"total {result['total_s']} s")
 
 
