@@ -21,13 +21,13 @@ Phases (each reported and skipped on error; timestamps on every line):
            its intruder decisions must equal the float64 ones.
 The task-metric re-evaluations of the DARE curves (6 validation passes per model) are not part of this script.
 
-Bundle (benchmarks/gpu_site.sh): NOT needed — torch, numpy, safetensors, transformers come with the image and
-``lorascope.weights`` imports no pydantic/optuna/ray. Usage (repository root, GPU machine):
+Bundle (benchmarks/gpu_site.sh, docs/gpu.md): NOT needed — torch, numpy, safetensors, transformers come with the
+image and ``lorascope.weights`` imports no pydantic/optuna/ray. Usage (repository root, GPU machine):
 
     PYTHONPATH=src python benchmarks/weights_gpu.py --out $OUT        # ~2.5-3.5 min on one H200
     PYTHONPATH=src python benchmarks/weights_gpu.py --tiny --out /tmp/wg   # CPU smoke test (2 small layers)
 
-Writes $OUT/weights_gpu.json (every number printed).
+Writes $OUT/weights_gpu.json (every number printed; rewritten after each phase and on SIGTERM).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -286,6 +287,18 @@ def main() -> None:
     log(json.dumps({k: result[k] for k in ("device", "torch", "python", "date")}))
     folder = Path(tempfile.mkdtemp(prefix="weights_gpu-", dir=args.workdir))
 
+    def save() -> None:  # after every phase, and on SIGTERM: a timeout keeps what was measured
+        result["total_seconds"] = round(time.perf_counter() - T0, 1)
+        (args.out / "weights_gpu.json").write_text(json.dumps(result, indent=1, default=str))
+
+    def on_term(signum, frame):
+        result["interrupted"] = f"signal {signum}"
+        save()
+        shutil.rmtree(folder, ignore_errors=True)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+
     def phase(name: str, fn):
         try:
             return fn()
@@ -293,10 +306,14 @@ def main() -> None:
             result["errors"][name] = f"{type(exc).__name__}: {exc}"
             log(f"{name}: FAILED {result['errors'][name]}\n{traceback.format_exc()}")
             return None
+        finally:
+            save()
 
     try:
         t0 = time.perf_counter()
-        result["build"] = build(folder, layers, hidden, inter, device)
+        result["build"] = phase("build", lambda: build(folder, layers, hidden, inter, device))
+        if result["build"] is None:
+            raise SystemExit("could not write the weights: nothing to measure")
         result["build"]["seconds"] = round(time.perf_counter() - t0, 1)
         log(f"build  {result['build']['seconds']} s → {folder}")
         if device.type == "cuda":
@@ -355,8 +372,7 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
-    result["total_seconds"] = round(time.perf_counter() - T0, 1)
-    (args.out / "weights_gpu.json").write_text(json.dumps(result, indent=1, default=str))
+    save()
     print_table(result)
 
 

@@ -37,10 +37,11 @@ def final_run(cfg: StudyConfig, out_dir: Path, task: str, method: str) -> Path |
     return runs[0]["path"] if runs else None
 
 
-def _streamed(cfg: StudyConfig, run: Path, method: str):
-    """Module by module (read ahead by ``weights_reports``); LoRA as its factors: exact low-rank spectra."""
+def _streamed(cfg: StudyConfig, run: Path, method: str, device):
+    """Module by module, cast to float64 on ``device`` (read ahead by ``weights_reports``); LoRA as its factors."""
     base = cfg.model.name_or_path
-    return ft_deltas(base, run / "model") if method == "ft" else lora_factors(run / "adapter", base)
+    return (ft_deltas(base, run / "model", device=device) if method == "ft"
+            else lora_factors(run / "adapter", base, device=device))
 
 
 def dare_curves(cfg: StudyConfig, task: str, runs: dict[str, Path], *, seed: int, device, data_dir=None) -> dict:
@@ -53,7 +54,7 @@ def dare_curves(cfg: StudyConfig, task: str, runs: dict[str, Path], *, seed: int
     for label, run in runs.items():
         method = "ft" if label == "FT" else "lora"
         model = load_tuned(cfg.model, run, method).to(device)
-        deltas = resident_deltas(_streamed(cfg, run, method), device)  # on the GPU when it fits: 6 passes
+        deltas = resident_deltas(_streamed(cfg, run, method, device), device)  # on the GPU when it fits: 6 passes
         score = lambda: evaluate(task, model, tok, data["validation"], **ev)[0][PRIMARY[task]]  # noqa: E731
         tuned_score = score()
         curves[label] = {"dare": {0.0: tuned_score}, "magnitude": {0.0: tuned_score}}
@@ -88,8 +89,8 @@ def run_weights_stage(cfg: StudyConfig, out_dir: Path, *, device=None, progress=
         with run_manifest(folder, cfg, command=f"weights {task}", extra={"runs": {k: str(v) for k, v in runs.items()}, "identity": identity}):
             if progress:
                 progress(f"{task}: weight structure (§9)")
-            reports = weights_reports({k: _streamed(cfg, v, "ft" if k == "FT" else "lora") for k, v in runs.items()},
-                                      device=device)
+            reports = weights_reports({k: _streamed(cfg, v, "ft" if k == "FT" else "lora", device)
+                                       for k, v in runs.items()}, device=device)
             if progress:
                 progress(f"{task}: DARE / magnitude-pruning curves")
             curves = dare_curves(cfg, task, runs, seed=cfg.seeds.bootstrap, device=device, data_dir=data_dir)
