@@ -11,7 +11,8 @@ the one killed: it holds the GCS and the driver's connection (docs/cluster.md: a
 
 The model is a random-weight folder at the Sheared-LLaMA-1.3B shape with a word-level tokenizer built in code, the
 data synthetic MRPC (the study task) and SQuAD v2 (only as drift's out-of-task texts) mirrors: the machine has no
-hub. Run on the GPU machine from the repository root (bundle: benchmarks/gpu_site.sh):
+hub. Bundle (benchmarks/gpu_site.sh, docs/gpu.md): NEEDED (ray, pydantic, optuna). Run on the GPU machine from the
+repository root:
 
     mkdir -p /tmp/site && tar -xJf .gpu_site/site.tar.xz -C /tmp/site && \
     PYTHONPATH=$PWD/src:/tmp/site python3 benchmarks/ray_multigpu.py --out $OUT
