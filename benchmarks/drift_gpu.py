@@ -6,7 +6,10 @@ the drift stage runs. Checks, then times, several variants side by side in one p
   formulations computed from the same pooled features in float64;
 - time + peak memory: mean pooling only; mean + token-level; mean + last + token (the study default).
 
-Usage (GPU): python benchmarks/drift_gpu.py [--n 1000] [--batch 32] [--tiny]   (``--tiny``: CPU smoke test)
+Bundle (benchmarks/gpu_site.sh, docs/gpu.md): NEEDED on the GPU machine — lorascope.drift imports lorascope.data,
+whose package imports the pydantic config. Usage (repository root; ``--tiny``: CPU smoke test):
+    mkdir -p /tmp/site && tar -xJf .gpu_site/site.tar.xz -C /tmp/site && \\
+    PYTHONPATH=$PWD/src:/tmp/site python benchmarks/drift_gpu.py [--n 1000] [--batch 32] [--tiny]
 """
 
 from __future__ import annotations

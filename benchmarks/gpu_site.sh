@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Rebuild .gpu_site/site.tar.xz: the Python packages the study needs on the GPU machines (CPython 3.12,
-# manylinux x86_64, no pip index there) that their image lacks, unpacked and xz-compressed as ONE archive
-# (xz packs the .so files far better than the wheels' zip; the tree that travels is capped at 64 MiB).
+# THE one command that prepares a GPU run (docs/gpu.md): the Python packages the study needs that the GPU image
+# lacks — pydantic, optuna, ray and their dependencies — for CPython 3.12 / manylinux x86_64, unpacked and
+# xz-compressed as ONE archive, .gpu_site/site.tar.xz (~35 MB; xz packs the .so files far better than the wheels'
+# zip, and the tree that travels to the GPU machine is capped at 64 MiB).
 #
-#   benchmarks/gpu_site.sh            # -> .gpu_site/site.tar.xz (+ MANIFEST.txt), about 35 MB
-#   # on the GPU machine (benchmarks/ray_multigpu.py):
-#   mkdir -p /tmp/site && tar -xJf .gpu_site/site.tar.xz -C /tmp/site && export PYTHONPATH=$PWD/src:/tmp/site
+# 1. Here, once (needs PyPI; ~100 MB download; reruns say "up to date" until requirements.lock or this file change):
+#        benchmarks/gpu_site.sh                     # or: make gpu-site     (PY=<python with pip> to choose one)
+#        benchmarks/gpu_site.sh --list              # just print the pins it would bundle
+# 2. Carry it: the device tool's run(..., carry=[".gpu_site"]) — .gpu_site/ is git-ignored, so it travels only so.
+# 3. On the GPU machine, first in the command (repository root):
+#        mkdir -p /tmp/site && tar -xJf .gpu_site/site.tar.xz -C /tmp/site && export PYTHONPATH=$PWD/src:/tmp/site
 #
+# Which benchmarks/*.py need it: each script's docstring says, and docs/gpu.md has the table (the CLI, the study
+# engine, training, data and drift code import pydantic; lorascope.weights and lorascope.serve do not).
 # Left out, because the image ('cuda', KINDS.md "Python packages already there") has them: torch, numpy,
 # transformers, peft, safetensors, tokenizers, huggingface_hub, scipy, pandas, statsmodels, patsy,
 # scikit-learn, joblib, threadpoolctl, matplotlib (+cycler, fonttools, kiwisolver, pyparsing, pillow,
@@ -15,19 +21,32 @@
 # Ray is trimmed: jars (Java), rllib, llm, serve, tune, train, data are not used by the study's executor
 # (ray.init, ray.remote, ray.cluster_utils, NodeAffinitySchedulingStrategy); tested with
 # tests/test_ray_executor.py against the same trim of the cp311 wheel.
-# Versions: requirements.lock. Not in the image and needed:
+# Versions: read from requirements.lock (the same pins as the CPU venv). Not in the image and needed:
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || command -v python3 )}
 PYVER=${PYVER:-3.12}
-PKGS=(
-  pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0
-  optuna==5.0.0 SQLAlchemy==2.1.9 alembic==1.20.1 Mako==1.4.3 colorlog==6.12.0
-  ray==2.60.0 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
-  attrs==26.1.0
+NAMES=(
+  pydantic pydantic_core annotated-types typing-inspection typing_extensions
+  optuna SQLAlchemy alembic Mako colorlog
+  ray jsonschema jsonschema-specifications referencing rpds-py
+  attrs
 )
+PKGS=()
+for n in "${NAMES[@]}"; do
+  pin=$(grep -i -m1 "^${n}==" requirements.lock || true)
+  [ -n "$pin" ] || { echo "gpu_site.sh: $n is not pinned in requirements.lock" >&2; exit 1; }
+  PKGS+=("$pin")
+done
 TRIM=(ray/jars ray/rllib ray/llm ray/serve ray/tune ray/train ray/data)
 OUTDIR=${OUTDIR:-.gpu_site}
+if [ "${1:-}" = "--list" ]; then printf '%s\n' "${PKGS[@]}"; exit 0; fi
+# Up to date? The stamp is a hash of the pins, the trim, the Python version and this script.
+stamp=$(printf '%s\n' "${PKGS[@]}" "${TRIM[@]}" "$PYVER" | cat - "$0" | sha256sum | cut -c1-16)
+if [ -z "${FORCE:-}" ] && [ -f "$OUTDIR/site.tar.xz" ] && [ "$(cat "$OUTDIR/STAMP" 2>/dev/null)" = "$stamp" ]; then
+  echo "$OUTDIR/site.tar.xz is up to date ($(du -h "$OUTDIR/site.tar.xz" | cut -f1)); FORCE=1 rebuilds it"
+  exit 0
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/whl" "$work/site" "$OUTDIR"
@@ -45,5 +64,6 @@ chmod -R u+rwX,go+rX "$work/site"
 (cd "$work/whl" && ls -1 *.whl) > "$OUTDIR/MANIFEST.txt"
 printf 'trimmed: %s\n' "${TRIM[*]}" >> "$OUTDIR/MANIFEST.txt"
 XZ_OPT=${XZ_OPT:--9 -T0} tar -C "$work/site" -cJf "$OUTDIR/site.tar.xz" .
+echo "$stamp" > "$OUTDIR/STAMP"
 ls -l "$OUTDIR/site.tar.xz"
 du -sh "$work/site" | sed 's/^/unpacked: /'

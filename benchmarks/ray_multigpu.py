@@ -11,7 +11,8 @@ the one killed: it holds the GCS and the driver's connection (docs/cluster.md: a
 
 The model is a random-weight folder at the Sheared-LLaMA-1.3B shape with a word-level tokenizer built in code, the
 data synthetic MRPC (the study task) and SQuAD v2 (only as drift's out-of-task texts) mirrors: the machine has no
-hub. Run on the GPU machine from the repository root (bundle: benchmarks/gpu_site.sh):
+hub. Bundle (benchmarks/gpu_site.sh, docs/gpu.md): NEEDED (ray, pydantic, optuna). Run on the GPU machine from the
+repository root:
 
     mkdir -p /tmp/site && tar -xJf .gpu_site/site.tar.xz -C /tmp/site && \
     PYTHONPATH=$PWD/src:/tmp/site python3 benchmarks/ray_multigpu.py --out $OUT
@@ -44,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "src"))
 
-import torchrun_1gpu as t1  # noqa: E402  (SHAPE, WORDS, make_tokenizer, make_mrpc)
+import torchrun_scaling as t1  # noqa: E402  (SHAPE, WORDS, make_tokenizer)
 
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 os.environ.update(SAFE_ENV)  # before anything starts: every Ray process inherits it
@@ -155,7 +156,7 @@ def preflight(args) -> dict:
 # -- (b) model + data -------------------------------------------------------------------------------------------
 
 def make_model(folder: Path, tiny: bool) -> None:
-    """torchrun_1gpu.make_model, but initialised on the GPU when there is one (seconds instead of a minute)."""
+    """torchrun_scaling.make_model, but initialised on the GPU when there is one (seconds instead of a minute)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -177,7 +178,7 @@ def make_model(folder: Path, tiny: bool) -> None:
 
 
 def make_mrpc(folder: Path, n: int = 1200) -> None:
-    """torchrun_1gpu.make_mrpc with disjoint ids per file (the data stage's leakage check rejects shared ids)."""
+    """Synthetic MRPC as in torchrun_scaling, with disjoint ids per file (the data stage's leakage check rejects shared ids)."""
     rng = random.Random(0)
     header = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
     (folder / "mrpc").mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """Serving benchmark at the Sheared-LLaMA-1.3B shape (random weights, random nonzero r=8 adapters on all 7
 linear modules): ``native`` vs ``hf-peft`` over batch 1–16 and every §10 scenario.
 
-Needs only torch, transformers, peft and ``lorascope.serve`` (no pydantic):
+Bundle (benchmarks/gpu_site.sh, docs/gpu.md): NOT needed — torch, transformers, peft and ``lorascope.serve``
+(which imports no pydantic/optuna/ray):
     PYTHONPATH=src python benchmarks/serve_gpu.py [--tiny] [--out DIR]
 ``--tiny`` runs a small shape (for a CPU smoke test before a GPU run).
 

@@ -31,8 +31,11 @@ N_layers = parameters of the decoder layers' Linear weights; rows = positions wh
 (targets in tgt/pad, all positions in lm) — the same for a variant that computes full logits anyway. Frozen
 weights (LoRA) need no weight-gradient GEMM: 2 (forward) + 2 (input gradient) instead of 6.
 
-Usage:  PYTHONPATH=src python benchmarks/train_throughput.py --out $OUT            (GPU, full shape)
-        PYTHONPATH=src python benchmarks/train_throughput.py --device cpu --tiny    (CPU smoke test)
+Bundle (benchmarks/gpu_site.sh, docs/gpu.md): NEEDED on the GPU machine — lorascope.data and lorascope.train import
+the pydantic config. Usage (repository root):
+    mkdir -p /tmp/site && tar -xJf .gpu_site/site.tar.xz -C /tmp/site && \\
+    PYTHONPATH=$PWD/src:/tmp/site python benchmarks/train_throughput.py --out $OUT      (GPU, full shape)
+    PYTHONPATH=src python benchmarks/train_throughput.py --device cpu --tiny              (CPU smoke test)
 """
 
 from __future__ import annotations

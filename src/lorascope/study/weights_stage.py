@@ -24,8 +24,8 @@ from lorascope.train.evaluate import PRIMARY, evaluate
 from lorascope.train.holdout import without_test
 from lorascope.train.run import default_device
 from lorascope.weights import figures
-from lorascope.weights.dare import apply_delta_transform, dare_transform, magnitude_transform
-from lorascope.weights.delta import ft_deltas, lora_deltas, weights_reports
+from lorascope.weights.dare import apply_delta_transform, dare_transform, magnitude_transform, resident_deltas
+from lorascope.weights.delta import ft_deltas, lora_factors, weights_reports
 
 DROP_FRACTIONS = (0.5, 0.9, 0.99)  # §9 DARE
 KEEP_FRACTIONS = (0.5, 0.1, 0.01)  # magnitude pruning: keep the top 50% / 10% / 1%
@@ -37,9 +37,11 @@ def final_run(cfg: StudyConfig, out_dir: Path, task: str, method: str) -> Path |
     return runs[0]["path"] if runs else None
 
 
-def _deltas(cfg: StudyConfig, run: Path, method: str) -> list:
+def _streamed(cfg: StudyConfig, run: Path, method: str, device):
+    """Module by module, cast to float64 on ``device`` (read ahead by ``weights_reports``); LoRA as its factors."""
     base = cfg.model.name_or_path
-    return list(ft_deltas(base, run / "model") if method == "ft" else lora_deltas(run / "adapter", base))
+    return (ft_deltas(base, run / "model", device=device) if method == "ft"
+            else lora_factors(run / "adapter", base, device=device))
 
 
 def dare_curves(cfg: StudyConfig, task: str, runs: dict[str, Path], *, seed: int, device, data_dir=None) -> dict:
@@ -52,17 +54,18 @@ def dare_curves(cfg: StudyConfig, task: str, runs: dict[str, Path], *, seed: int
     for label, run in runs.items():
         method = "ft" if label == "FT" else "lora"
         model = load_tuned(cfg.model, run, method).to(device)
-        deltas = _deltas(cfg, run, method)
+        deltas = resident_deltas(_streamed(cfg, run, method, device), device)  # on the GPU when it fits: 6 passes
         score = lambda: evaluate(task, model, tok, data["validation"], **ev)[0][PRIMARY[task]]  # noqa: E731
         tuned_score = score()
         curves[label] = {"dare": {0.0: tuned_score}, "magnitude": {0.0: tuned_score}}
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(device=device).manual_seed(seed)  # masks drawn where ΔW is: 1.2 G draws per pass
         for p in DROP_FRACTIONS:
-            apply_delta_transform(model, deltas, dare_transform(p, gen))
+            apply_delta_transform(model, deltas, dare_transform(p, gen), device=device)
             curves[label]["dare"][p] = score()
         for keep in KEEP_FRACTIONS:
-            apply_delta_transform(model, deltas, magnitude_transform(keep))
+            apply_delta_transform(model, deltas, magnitude_transform(keep), device=device)
             curves[label]["magnitude"][1.0 - keep] = score()
+        del model, deltas
     return curves
 
 
@@ -86,8 +89,8 @@ def run_weights_stage(cfg: StudyConfig, out_dir: Path, *, device=None, progress=
         with run_manifest(folder, cfg, command=f"weights {task}", extra={"runs": {k: str(v) for k, v in runs.items()}, "identity": identity}):
             if progress:
                 progress(f"{task}: weight structure (§9)")
-            reports = weights_reports({k: _deltas(cfg, v, "ft" if k == "FT" else "lora") for k, v in runs.items()},
-                                      device=device)
+            reports = weights_reports({k: _streamed(cfg, v, "ft" if k == "FT" else "lora", device)
+                                       for k, v in runs.items()}, device=device)
             if progress:
                 progress(f"{task}: DARE / magnitude-pruning curves")
             curves = dare_curves(cfg, task, runs, seed=cfg.seeds.bootstrap, device=device, data_dir=data_dir)

@@ -11,7 +11,12 @@
   checks it against PEFT. DoRA adapters are refused: their merge also rescales W's columns.
 
 Both are generators of ``ModuleDelta(name, base, delta)`` (float64 by default), so memory stays at one
-module's matrices even for a 1.3B model.
+module's matrices even for a 1.3B model. ``lora_factors`` yields LoRA modules as ``LoraFactors(name, base,
+b, a, scaling)`` instead, so that ``weights_reports`` takes ΔW's spectrum from the factors (``spectra``).
+
+``weights_reports`` has two paths that compute the same report: "fast" (the default; float64 Gram
+eigendecompositions and LoRA factors, ``spectra``) and "reference" (a float64 SVD of every matrix, the
+definition). ``benchmarks/weights_gpu.py`` times the first at 1.3B and checks it against the second.
 """
 
 from __future__ import annotations
@@ -21,13 +26,15 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Union
 
 import torch
 
 from lorascope.models.tokenizer import ModelLoadError
 from lorascope.weights.intruders import intruder_dimensions, left_singular_vectors
 from lorascope.weights.metrics import module_report
+from lorascope.weights.prefetch import Prefetched
+from lorascope.weights.spectra import gram_or_svd_singular_values, left_singular_basis, lowrank_singular_values
 
 LLAMA_MODULE_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -38,6 +45,27 @@ class ModuleDelta(NamedTuple):
     name: str              # module name in the plain model, e.g. "model.layers.3.self_attn.q_proj"
     base: torch.Tensor     # W_base (out × in)
     delta: torch.Tensor    # ΔW (out × in)
+
+
+class LoraFactors(NamedTuple):
+    """A LoRA module as its factors: ΔW = scaling · b @ a (already transposed for ``fan_in_fan_out``)."""
+
+    name: str
+    base: torch.Tensor     # W_base (out × in)
+    b: torch.Tensor        # out × r
+    a: torch.Tensor        # r × in
+    scaling: float
+
+    def as_delta(self) -> ModuleDelta:
+        return ModuleDelta(self.name, self.base, self.scaling * (self.b @ self.a))
+
+
+WeightItem = Union[ModuleDelta, LoraFactors]
+
+
+def _to(t: torch.Tensor, device: str | torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Move, then cast: a CPU→GPU ``.to(device, dtype)`` converts on the CPU and ships the wider type."""
+    return t.detach().to(device=device).to(dtype=dtype)
 
 
 def parse_module_name(name: str) -> tuple[int | None, str]:
@@ -112,8 +140,8 @@ def ft_deltas(base: Any, tuned: Any, *, module_types: Iterable[str] = LLAMA_MODU
         key = name + ".weight"
         if key not in t:
             raise ModelLoadError(f"tuned weights lack {key}")
-        wb = b.get(key).detach().to(device=device, dtype=dtype)
-        wt = t.get(key).detach().to(device=device, dtype=dtype)
+        wb = _to(b.get(key), device, dtype)
+        wt = _to(t.get(key), device, dtype)
         if wb.shape != wt.shape:
             raise ModelLoadError(f"{key}: base shape {tuple(wb.shape)} vs tuned {tuple(wt.shape)}")
         yield ModuleDelta(name, wb, wt - wb)
@@ -159,9 +187,9 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, Any], dict[str, tor
     return config, tensors
 
 
-def lora_deltas(adapter_dir: str | Path, base: Any, *, module_types: Iterable[str] | None = None,
-                dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> Iterator[ModuleDelta]:
-    """ΔW = s·B·A for every LoRA-adapted Linear of the adapter (or those of ``module_types``)."""
+def lora_factors(adapter_dir: str | Path, base: Any, *, module_types: Iterable[str] | None = None,
+                 dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> Iterator[LoraFactors]:
+    """``LoraFactors`` (W_base, B, A, s) for every LoRA-adapted Linear of the adapter (or those of ``module_types``)."""
     config, tensors = read_adapter(adapter_dir)
     pairs: dict[str, tuple[str, str]] = {}
     for key in tensors:
@@ -177,20 +205,26 @@ def lora_deltas(adapter_dir: str | Path, base: Any, *, module_types: Iterable[st
         raise ModelLoadError(f"{adapter_dir}: no lora_A/lora_B weights found")
     src = WeightSource(base)
     for name in sorted(names, key=module_order_key):
-        a = tensors[pairs[name][0]].to(device=device, dtype=dtype)
-        b = tensors[pairs[name][1]].to(device=device, dtype=dtype)
+        a = _to(tensors[pairs[name][0]], device, dtype)
+        b = _to(tensors[pairs[name][1]], device, dtype)
         r, _, scaling = lora_scaling(config, name)
         if a.shape[0] != r or b.shape[1] != r:
             raise ModelLoadError(f"{adapter_dir}: {name} has A {tuple(a.shape)}, B {tuple(b.shape)} but r = {r}")
-        delta = scaling * (b @ a)
         if config.get("fan_in_fan_out"):
-            delta = delta.T
+            b, a = a.T, b.T                               # (s·B·A)ᵀ = s·Aᵀ·Bᵀ
         if name + ".weight" not in src:
             raise ModelLoadError(f"base weights lack {name}.weight (adapter {adapter_dir})")
-        wb = src.get(name + ".weight").detach().to(device=device, dtype=dtype)
-        if wb.shape != delta.shape:
-            raise ModelLoadError(f"{name}: base shape {tuple(wb.shape)} vs ΔW {tuple(delta.shape)}")
-        yield ModuleDelta(name, wb, delta)
+        wb = _to(src.get(name + ".weight"), device, dtype)
+        if wb.shape != (b.shape[0], a.shape[1]):
+            raise ModelLoadError(f"{name}: base shape {tuple(wb.shape)} vs ΔW {(b.shape[0], a.shape[1])}")
+        yield LoraFactors(name, wb, b, a, scaling)
+
+
+def lora_deltas(adapter_dir: str | Path, base: Any, *, module_types: Iterable[str] | None = None,
+                dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> Iterator[ModuleDelta]:
+    """ΔW = s·B·A for every LoRA-adapted Linear of the adapter (or those of ``module_types``)."""
+    for f in lora_factors(adapter_dir, base, module_types=module_types, dtype=dtype, device=device):
+        yield f.as_delta()
 
 
 _LAYER_MEANS = ("effective_rank", "stable_rank", "rank_at_energy", "hoyer_sparsity", "relative_frobenius_norm")
@@ -221,64 +255,93 @@ def summarize_layers(modules: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _module_entry(item: ModuleDelta, u_base: torch.Tensor | None, s: Mapping[str, Any]) -> dict[str, Any]:
-    name, base, delta = item
-    layer, mtype = parse_module_name(name)
-    rep = {"name": name, "layer": layer, "module_type": mtype,
-           **module_report(base, delta=delta, near_zero_factor=s["near_zero_factor"],
-                           energy_threshold=s["energy_threshold"])}
+PATHS = ("fast", "reference")
+
+
+def _module_entry(item: WeightItem, u_base: torch.Tensor | None, s: Mapping[str, Any]) -> dict[str, Any]:
+    """One module's report. "fast": σ of ΔW from the Gram (FT) or the factors (LoRA), ``spectra``;
+    "reference": the float64 SVD of ΔW. ΔW itself is formed in float64 either way (sparsity needs its entries)."""
+    if isinstance(item, LoraFactors):
+        b, a = item.b.to(torch.float64), item.a.to(torch.float64)
+        base, delta = item.base.to(torch.float64), item.scaling * (b @ a)
+        sigma, route = (lowrank_singular_values(b, a, item.scaling), "lowrank") if s["path"] == "fast" else (None, "svd")
+    else:
+        base, delta = item.base.to(torch.float64), item.delta.to(torch.float64)
+        sigma, route = gram_or_svd_singular_values(delta) if s["path"] == "fast" else (None, "svd")
+    layer, mtype = parse_module_name(item.name)
+    rep = {"name": item.name, "layer": layer, "module_type": mtype,
+           **module_report(base, delta=delta, sigma=sigma, near_zero_factor=s["near_zero_factor"],
+                           energy_threshold=s["energy_threshold"]),
+           "spectrum_route": route}
     if u_base is not None:
-        base64 = base.to(torch.float64)
-        res = intruder_dimensions(None, base64 + delta.to(torch.float64), k=s["intruder_k"], epsilon=s["epsilon"],
+        res = intruder_dimensions(None, base + delta, k=s["intruder_k"], epsilon=s["epsilon"],
                                   U_base=u_base, method=s["intruder_method"])
         rep["intruders"] = res.count
         rep["intruder_detail"] = res.to_dict()
     return rep
 
 
-def weights_reports(deltas_by_label: Mapping[str, Iterable[ModuleDelta]], *, intruder_k: int = 10,
+def _on_device(item: WeightItem, device: str | torch.device | None) -> WeightItem:
+    if device is None:
+        return item
+    if isinstance(item, LoraFactors):
+        return item._replace(base=item.base.to(device), b=item.b.to(device), a=item.a.to(device))
+    return item._replace(base=item.base.to(device), delta=item.delta.to(device))
+
+
+def weights_reports(deltas_by_label: Mapping[str, Iterable[WeightItem]], *, intruder_k: int = 10,
                     epsilon: float = 0.5, near_zero_factor: float = 1e-3, energy_threshold: float = 0.9,
                     intruder_method: str = "auto", intruders: bool = True, device: str | torch.device | None = None,
-                    progress: Callable[[str, str], None] | None = None) -> dict[str, dict[str, Any]]:
+                    path: str = "fast", progress: Callable[[str, str], None] | None = None) -> dict[str, dict[str, Any]]:
     """``weights_report`` for several tuned models of ONE base (e.g. FT and LoRA, several seeds), walked in
-    lockstep in ``module_order_key`` order so that W_base's SVD — the dominant cost — is computed once per
-    module and shared. Memory: one module per model at a time. Raises if two models disagree on W_base.
-    Measured (float64, Sheared-LLaMA shapes, random weights): one layer's 7 modules for FT + LoRA take
-    ~12 s on one H200 (~5 min for 24 layers); on a 2-core CPU ~1 min per module and model — use a GPU.
+    lockstep in ``module_order_key`` order so that W_base's singular vectors are computed once per module and
+    shared. Items are ``ModuleDelta`` (FT; or LoRA formed) or ``LoraFactors`` (LoRA, exact low-rank spectrum).
+    Memory: a few modules per model at a time (read ahead in a thread). Raises if two models disagree on W_base.
+
+    ``path``: "fast" (``spectra``: Gram eigendecompositions, LoRA factors) or "reference" (float64 SVDs).
+    Measured (Sheared-LLaMA-1.3B shapes, random weights, one H200): the reference path takes ~12 s per layer
+    for FT + LoRA (~5 min per task); the fast path: docs/benchmarks.md (benchmarks/weights_gpu.py).
     """
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}: use one of {PATHS}")
     settings = {"intruder_k": intruder_k, "epsilon": epsilon, "near_zero_factor": near_zero_factor,
-                "energy_threshold": energy_threshold, "intruder_method": intruder_method, "intruders": intruders}
-    iters = {label: iter(d) for label, d in deltas_by_label.items()}
-    heads = {label: next(it, None) for label, it in iters.items()}
-    modules: dict[str, list[dict[str, Any]]] = {label: [] for label in iters}
-    while any(h is not None for h in heads.values()):
-        name = min((h.name for h in heads.values() if h is not None), key=module_order_key)
-        first: torch.Tensor | None = None
-        u_base = None
-        for label, head in heads.items():
-            if head is None or head.name != name:
-                continue
-            item = head if device is None else ModuleDelta(name, head.base.to(device), head.delta.to(device))
-            if first is None:
-                first = item.base
-                u_base = left_singular_vectors(item.base) if intruders else None
-            elif not torch.equal(first, item.base.to(first.device, first.dtype)):
-                raise ValueError(f"{name}: the models in deltas_by_label do not share W_base")
-            modules[label].append(_module_entry(item, u_base, settings))
-            if progress is not None:
-                progress(label, name)
-            heads[label] = next(iters[label], None)
+                "energy_threshold": energy_threshold, "intruder_method": intruder_method, "intruders": intruders,
+                "path": path}
+    streams = {label: Prefetched(d, lambda item: _on_device(item, device)) for label, d in deltas_by_label.items()}
+    modules: dict[str, list[dict[str, Any]]] = {label: [] for label in streams}
+    try:
+        heads = {label: st.next() for label, st in streams.items()}
+        while any(h is not None for h in heads.values()):
+            name = min((h.name for h in heads.values() if h is not None), key=module_order_key)
+            first: torch.Tensor | None = None
+            u_base = None
+            for label, item in heads.items():
+                if item is None or item.name != name:
+                    continue
+                if first is None:
+                    first = item.base
+                    if intruders:
+                        u_base = left_singular_basis(first) if path == "fast" else left_singular_vectors(first)
+                elif not torch.equal(first, item.base.to(first.device, first.dtype)):
+                    raise ValueError(f"{name}: the models in deltas_by_label do not share W_base")
+                modules[label].append(_module_entry(item, u_base, settings))
+                if progress is not None:
+                    progress(label, name)
+                heads[label] = streams[label].next()
+    finally:
+        for st in streams.values():
+            st.close()
     return {label: {"modules": mods, "layers": summarize_layers(mods), "settings": dict(settings)}
             for label, mods in modules.items()}
 
 
-def weights_report(deltas: Iterable[ModuleDelta], **kwargs: Any) -> dict[str, Any]:
+def weights_report(deltas: Iterable[WeightItem], **kwargs: Any) -> dict[str, Any]:
     """The §9 report of one tuned model: ``{"modules": [...], "layers": [...], "settings": {...}}``.
 
     Each module dict holds ``module_report``'s metrics (singular values and energy curve included), plus
     ``name``, ``layer``, ``module_type`` and, unless ``intruders=False``, ``intruders`` = the count among
     the top ``intruder_k`` left singular vectors of W_base + ΔW, with per-vector max |cos| in
-    ``intruder_detail``. ``device``: where the SVDs run (e.g. "cuda"), one module at a time. Keywords as
+    ``intruder_detail``. ``device``: where the linear algebra runs (e.g. "cuda"). Keywords as
     ``weights_reports``; ``progress`` is called with ("", module name).
     """
     return weights_reports({"": deltas}, **kwargs)[""]

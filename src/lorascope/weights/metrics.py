@@ -168,12 +168,13 @@ def spectrum_report(s: Any, *, energy_threshold: float = 0.9) -> dict[str, Any]:
     }
 
 
-def module_report(W_base: Any, W_tuned: Any | None = None, *, delta: Any | None = None,
+def module_report(W_base: Any, W_tuned: Any | None = None, *, delta: Any | None = None, sigma: Any | None = None,
                   near_zero_factor: float = 1e-3, energy_threshold: float = 0.9) -> dict[str, Any]:
     """All §9 metrics of one module's update ΔW = W_tuned − W_base, as a JSON-ready dict.
 
     Pass ``delta`` instead of ``W_tuned`` when ΔW is known directly (LoRA: (α/r)·B·A), which avoids
-    the cancellation of forming W_base + ΔW − W_base.
+    the cancellation of forming W_base + ΔW − W_base. ``sigma``: ΔW's singular values if already known
+    (all min(m, n) of them, e.g. from ``spectra``); else a float64 SVD computes them.
     """
     base = _matrix(W_base)
     if delta is None:
@@ -187,8 +188,13 @@ def module_report(W_base: Any, W_tuned: Any | None = None, *, delta: Any | None 
         d = _matrix(delta)
         if d.shape != base.shape:
             raise ValueError(f"shape mismatch: W_base {tuple(base.shape)} vs ΔW {tuple(d.shape)}")
-    s = singular_values(d)
     shape = (int(d.shape[0]), int(d.shape[1]))
+    if sigma is None:
+        s = singular_values(d)
+    else:
+        s = _sigma(sigma.cpu().numpy() if isinstance(sigma, torch.Tensor) else sigma)
+        if s.size != min(shape):
+            raise ValueError(f"sigma has {s.size} values; ΔW {shape} has {min(shape)}")
     fro = frobenius_norm(d)
     report: dict[str, Any] = {
         "shape": list(shape),
