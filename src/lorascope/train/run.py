@@ -30,7 +30,7 @@ from lorascope.data.prompts import prompt
 from lorascope.train.checkpoint import latest_checkpoint, load_trainable_state, trainable_state
 from lorascope.train.collapse import PROBE_PROMPTS, output_collapse
 from lorascope.train.dist import DistInfo, barrier, root_unsharded, wrap_for_strategy
-from lorascope.train.evaluate import PRIMARY, evaluate
+from lorascope.train.evaluate import PRIMARY, autocast_ctx, evaluate
 from lorascope.train.holdout import without_test
 from lorascope.train.loop import LoopSettings, TrainingDiverged, train_loop
 from lorascope.train.loss import TargetTokenLoss
@@ -193,7 +193,8 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
         health_prompts = [prompt(ex) for ex in data["validation"][:PROBE_PROMPTS]]
 
         def health() -> dict:
-            with root_unsharded(loss_module), eager(), torch.no_grad():
+            # Under the same autocast as training and validation: on CUDA the frozen LoRA base weights are bf16.
+            with root_unsharded(loss_module), eager(), torch.no_grad(), autocast_ctx(device, settings.bf16):
                 return output_collapse(model, tokenizer, health_prompts, device=device, max_length=cfg.data.max_length)
 
         def on_best(step: int, metrics: dict) -> None:
