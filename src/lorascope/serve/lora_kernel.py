@@ -45,7 +45,7 @@ def _mma(a, b, acc, WIDEN: tl.constexpr, PRECISION: tl.constexpr):
     return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "U", "steps_per_split"])  # one compile for every batch size 1–16
 def _fused_lora_linear(x_ptr, w_ptr, a_ptr, b_ptr, y_ptr, row_lora_ptr, lora_ids_ptr, ws_ptr, wss_ptr, lock_ptr,
                        M, K, D0, D1, D2, U, steps_per_split, stride_xm, stride_ym,
                        NMOD: tl.constexpr, R: tl.constexpr, LC: tl.constexpr, HAS_LORA: tl.constexpr,
@@ -72,7 +72,7 @@ def _fused_lora_linear(x_ptr, w_ptr, a_ptr, b_ptr, y_ptr, row_lora_ptr, lora_ids
     k_begin = pid_k * steps_per_split * BLOCK_K
     k_end = tl.minimum(k_begin + steps_per_split * BLOCK_K, K)
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
-    w_ptrs = w_ptr + offs_n[:, None] * K + offs_k[None, :]
+    w_ptrs = w_ptr + offs_n[None, :] * K + offs_k[:, None]  # a (BLOCK_K, BLOCK_N) tile of Wᵀ: no in-register transpose
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     s = tl.zeros((BLOCK_M, LC), dtype=tl.float32)
     if HAS_LORA:  # LoRA column c = u·R + j: adapter u of the batch's distinct adapters, rank index j
@@ -80,22 +80,22 @@ def _fused_lora_linear(x_ptr, w_ptr, a_ptr, b_ptr, y_ptr, row_lora_ptr, lora_ids
         c_u = offs_c // R
         slot_c = tl.load(lora_ids_ptr + c_u, mask=c_u < U, other=-1)
         c_ok = slot_c >= 0
-        a_ptrs = a_ptr + ((tl.maximum(slot_c, 0) * NMOD + mod) * R + offs_c % R)[:, None] * K + offs_k[None, :]
+        a_ptrs = a_ptr + ((tl.maximum(slot_c, 0) * NMOD + mod) * R + offs_c % R)[None, :] * K + offs_k[:, None]
     for k0 in range(k_begin, k_end, BLOCK_K):
         if EVEN_K:
             xk = tl.load(x_ptrs + k0, mask=m_ok[:, None], other=0.0)
-            wk = tl.load(w_ptrs + k0, mask=n_ok[:, None], other=0.0)
+            wk = tl.load(w_ptrs + k0, mask=n_ok[None, :], other=0.0)
         else:
             k_ok = (k0 + offs_k) < k_end
             xk = tl.load(x_ptrs + k0, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            wk = tl.load(w_ptrs + k0, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        acc = _mma(xk, tl.trans(wk), acc, WIDEN, DOT_PRECISION)
+            wk = tl.load(w_ptrs + k0, mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+        acc = _mma(xk, wk, acc, WIDEN, DOT_PRECISION)
         if HAS_LORA:
             if EVEN_K:
-                ak = tl.load(a_ptrs + k0, mask=c_ok[:, None], other=0.0)
+                ak = tl.load(a_ptrs + k0, mask=c_ok[None, :], other=0.0)
             else:
-                ak = tl.load(a_ptrs + k0, mask=c_ok[:, None] & k_ok[None, :], other=0.0)
-            s = _mma(xk, tl.trans(ak), s, WIDEN, DOT_PRECISION)
+                ak = tl.load(a_ptrs + k0, mask=c_ok[None, :] & k_ok[:, None], other=0.0)
+            s = _mma(xk, ak, s, WIDEN, DOT_PRECISION)
 
     if SPLIT_K > 1:  # serial split-K: partials to the workspace, the last split of the tile reduces
         tile = pid_m * n_blocks + pid_n
