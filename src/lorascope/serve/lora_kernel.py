@@ -103,9 +103,10 @@ def _fused_lora_linear(x_ptr, w_ptr, a_ptr, b_ptr, y_ptr, row_lora_ptr, lora_ids
             tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :])
         wss_tile = wss_ptr + tile * SPLIT_K * (BLOCK_M * LC) + (
             tl.arange(0, BLOCK_M)[:, None] * LC + tl.arange(0, LC)[None, :])
-        tl.store(ws_tile + pid_k * (BLOCK_M * BLOCK_N), acc)
+        rows_ok = m_ok[:, None]  # only the batch's rows: at M = 1 a partial is 1/16 of the tile
+        tl.store(ws_tile + pid_k * (BLOCK_M * BLOCK_N), acc, mask=rows_ok)
         if HAS_LORA:
-            tl.store(wss_tile + pid_k * (BLOCK_M * LC), s)
+            tl.store(wss_tile + pid_k * (BLOCK_M * LC), s, mask=rows_ok)
         tl.debug_barrier()  # every thread's partial is written before the release below
         count = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel")
         is_last = count == SPLIT_K - 1
@@ -116,9 +117,9 @@ def _fused_lora_linear(x_ptr, w_ptr, a_ptr, b_ptr, y_ptr, row_lora_ptr, lora_ids
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             s = tl.zeros((BLOCK_M, LC), dtype=tl.float32)
             for i in tl.static_range(SPLIT_K):  # fixed order: the sum does not depend on which split came last
-                acc += tl.load(ws_tile + i * (BLOCK_M * BLOCK_N), cache_modifier=".cg")
+                acc += tl.load(ws_tile + i * (BLOCK_M * BLOCK_N), mask=rows_ok, other=0.0, cache_modifier=".cg")
                 if HAS_LORA:
-                    s += tl.load(wss_tile + i * (BLOCK_M * LC), cache_modifier=".cg")
+                    s += tl.load(wss_tile + i * (BLOCK_M * LC), mask=rows_ok, other=0.0, cache_modifier=".cg")
             tl.atomic_xchg(lock_ptr + tile, 0)  # ready for the next launch (a graph replay)
         if HAS_LORA:  # keep each row's own adapter columns, round once, expand, add before y's rounding
             row_u = tl.load(row_lora_ptr + offs_m, mask=m_ok, other=-1)
@@ -189,6 +190,21 @@ class Workspace:
         return self._bufs[key]
 
 
+def _meta(widths: tuple[int, ...], k: int, dtype: torch.dtype, cfg: Config, u: int, r: int) -> tuple[Config, dict]:
+    """The launch's tile config (stages fitted to shared memory) and constexprs; u = 0: no LoRA part. fp32 (the
+    gate's dtype, never timed) uses ≥ 64 LoRA columns, so one compile serves every batch composition."""
+    has_lora = u > 0
+    lc = lora_cols(u, r) if has_lora else 16  # no LoRA: a dummy 16 (the tiles are dead code)
+    if has_lora and dtype == torch.float32:
+        lc = max(lc, 64)
+    cfg = _fit_stages(cfg, lc if has_lora else 0, dtype)
+    const = dict(NMOD=len(widths), R=r if has_lora else 1, LC=lc, HAS_LORA=has_lora, BLOCK_M=BLOCK_M,
+                 BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, EVEN_K=k % cfg.block_k == 0,
+                 DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+                 WIDEN=interpreting() and dtype != torch.float32, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return cfg, const
+
+
 def fused_lora_linear(x: torch.Tensor, w: torch.Tensor, widths: tuple[int, ...], cfg: Config, ws: Workspace,
                       lora: tuple | None = None) -> torch.Tensor:
     """y (M, Σwidths) = x·wᵀ (+ the LoRA of each row). ``lora`` = (a (k·n_mod·r, K), b (k, r, N), row_lora (M,)
@@ -198,23 +214,53 @@ def fused_lora_linear(x: torch.Tensor, w: torch.Tensor, widths: tuple[int, ...],
         raise ValueError("fused_lora_linear: x (M, K) with unit K-stride, w (N, K) contiguous, ≤ 3 modules")
     d = tuple(widths) + (0,) * (3 - len(widths))
     y = torch.empty((m, d[0] + d[1] + d[2]), device=x.device, dtype=x.dtype)
-    if lora is not None:
-        a, b, row_lora, lora_ids, r = lora
-        u, lc = lora_ids.numel(), lora_cols(lora_ids.numel(), r)
-    else:
-        a, b, row_lora, lora_ids, r, u, lc = w, w, y, y, 1, 0, 16  # never read: HAS_LORA=False
-    cfg = _fit_stages(cfg, lc if lora is not None else 0, x.dtype)
+    u, r = (lora[3].numel(), lora[4]) if lora is not None else (0, 1)
+    cfg, const = _meta(tuple(widths), k, x.dtype, cfg, u, r)
     grid_n, grid_m = n_blocks(widths, cfg.block_n), -(-m // BLOCK_M)
-    buf, sbuf, lock = ws.get(grid_n * grid_m, cfg, lc if lora is not None else 0)
+    buf, sbuf, lock = ws.get(grid_n * grid_m, cfg, const["LC"] if u else 0)
+    a, b, row_lora, lora_ids = lora[:4] if lora is not None else (w, w, lock, lock)  # never read without LoRA
     steps = -(-k // cfg.block_k)
-    per = -(-steps // cfg.split_k)
+    per = -(-steps // cfg.split_k)  # K steps per split
     _fused_lora_linear[(grid_n, grid_m, cfg.split_k)](
         x, w, a, b, y, row_lora, lora_ids, buf, sbuf, lock, m, k, d[0], d[1], d[2], u, per, x.stride(0), y.stride(0),
-        NMOD=len(widths), R=r, LC=lc, HAS_LORA=lora is not None, BLOCK_M=BLOCK_M, BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, EVEN_K=k % cfg.block_k == 0,
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", WIDEN=interpreting() and x.dtype != torch.float32,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        **const)
     return y
+
+
+def precompile(jobs: list[tuple], threads: int = 8) -> list[str]:
+    """Compile kernel variants ahead of use, in parallel (Triton's ``AsyncCompileMode``: its MLIR passes and
+    ptxas run outside the GIL). A job is (widths, K, dtype, Config, u, r) as ``_meta`` takes them; the dummy
+    arguments carry what the JIT specialises on (dtypes, 16-divisibility of K, widths and strides), so the
+    real launch finds the compiled kernel. Returns the errors (a variant that fails is compiled — and fails —
+    again at its first real launch, where the caller sees the exception)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from triton.runtime.jit import MockTensor
+
+    errors = []
+
+    def warm(job):
+        widths, k, dtype, cfg, u, r = job
+        d = tuple(widths) + (0,) * (3 - len(widths))
+        cfg, const = _meta(tuple(widths), k, dtype, cfg, u, r)
+        ptrs = [MockTensor(dtype)] * 5 + [MockTensor(torch.int32)] * 2 + [MockTensor(torch.float32)] * 2 + [
+            MockTensor(torch.int32)]
+        _fused_lora_linear.warmup(*ptrs, 1, k, d[0], d[1], d[2], max(u, 1), 1, k, sum(d), grid=(1, 1, 1), **const)
+
+    try:
+        from triton.runtime._async_compile import AsyncCompileMode
+
+        with ThreadPoolExecutor(threads) as pool, AsyncCompileMode(pool, ignore_errors=True):
+            for job in jobs:
+                warm(job)
+    except Exception as exc:  # an older/newer Triton without it: compile one by one
+        errors.append(f"parallel compile unavailable ({type(exc).__name__}: {exc}); compiling serially")
+        for job in jobs:
+            try:
+                warm(job)
+            except Exception as err:
+                errors.append(f"{job}: {type(err).__name__}: {err}")
+    return errors
 
 
 def _fit_stages(cfg: Config, lc: int, dtype: torch.dtype) -> Config:
@@ -228,7 +274,7 @@ def _fit_stages(cfg: Config, lc: int, dtype: torch.dtype) -> Config:
 
 def candidate_configs(widths: tuple[int, ...], k: int, dtype: torch.dtype, n_sm: int) -> list[Config]:
     """A handful of tile shapes around the heuristic: wide and narrow column blocks, deep and shallow K tiles,
-    1–4 waves of programs. Small on purpose: each is a Triton compile (≈ 1 s)."""
+    1–4 waves of programs. Small on purpose: each is a Triton compile (≈ 1 s, in parallel)."""
     shapes = [dict(block_n=128, block_k=128, waves=2, num_warps=4, num_stages=3),
               dict(block_n=64, block_k=128, waves=2, num_warps=4, num_stages=4),
               dict(block_n=128, block_k=64, waves=4, num_warps=4, num_stages=4),
@@ -240,44 +286,3 @@ def candidate_configs(widths: tuple[int, ...], k: int, dtype: torch.dtype, n_sm:
         if cfg not in out:
             out.append(cfg)
     return out
-
-
-_TUNED: dict[tuple, Config] = {}
-TUNING_LOG: list[dict] = []  # what the tuner measured (µs per candidate), for the benchmark's report
-
-
-def tuned_config(widths: tuple[int, ...], k: int, dtype: torch.dtype, device: torch.device, *, r: int = 8,
-                 rows: int = 8, reps: int = 30) -> Config:
-    """Fastest candidate for this projection shape on this GPU, timed with CUDA events on random data with one
-    adapter on every row (unmerged-1, the case with the tightest aim), once per process and shape."""
-    props = torch.cuda.get_device_properties(device)
-    key = (tuple(widths), k, dtype, props.name)
-    if key in _TUNED:
-        return _TUNED[key]
-    gen = torch.Generator(device=device).manual_seed(0)
-    n = sum(widths)
-    rnd = lambda *s: (torch.randn(*s, device=device, generator=gen) / k ** 0.5).to(dtype)  # noqa: E731
-    x, w, a, b = rnd(rows, k), rnd(n, k), rnd(len(widths) * r, k), rnd(1, r, n)
-    lora = (a, b, torch.zeros(rows, dtype=torch.int32, device=device), torch.zeros(1, dtype=torch.int32,
-                                                                                     device=device), r)
-    ws, times = Workspace(device), {}
-    for cfg in candidate_configs(tuple(widths), k, dtype, props.multi_processor_count):
-        try:
-            fused_lora_linear(x, w, widths, cfg, ws, lora)  # compile
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            for _ in range(reps):
-                fused_lora_linear(x, w, widths, cfg, ws, lora)
-            end.record()
-            torch.cuda.synchronize(device)
-            times[cfg] = start.elapsed_time(end) * 1e3 / reps
-        except Exception as exc:  # a tile that does not compile or fit here: skip it, keep the others
-            TUNING_LOG.append({"shape": key[:2], "config": cfg.__dict__, "error": f"{type(exc).__name__}: {exc}"})
-    if not times:
-        raise RuntimeError(f"no fused LoRA kernel configuration runs for widths {widths}, K {k}")
-    best = min(times, key=times.get)
-    TUNING_LOG.append({"shape": [list(widths), k], "us": {str(c.__dict__): t for c, t in times.items()},
-                       "best": best.__dict__})
-    _TUNED[key] = best
-    return best

@@ -62,6 +62,7 @@ class NativeBackend:
         self.max_prompt, self.max_new = max_prompt, max_new
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self._states: dict[int, _State] = {}
+        self.compile_errors = self.model.prepare_kernels() if self.device.type == "cuda" else []
 
     # ----- state ---------------------------------------------------------------------------------------
     def _state(self, batch: int) -> _State:
@@ -216,6 +217,21 @@ class NativeBackend:
             self._step(st, masked)
             out[:, i] = st.logits
         return out
+
+    @torch.inference_mode()
+    def decode_step_fn(self, prompts: Sequence[Sequence[int]], adapter_ids: Sequence[int | None] | None,
+                       graph: bool = True):
+        """For profiling: prefill the batch, then return a callable that runs one decode step exactly as
+        ``generate`` does (a graph replay, or the eager step). Each call advances one position."""
+        st, masked = self._start(prompts, adapter_ids)
+        self._prefill(st, prompts, masked)
+        if graph and self.use_graphs:
+            return self._graph(st, masked).replay
+
+        def step():
+            with torch.inference_mode():
+                self._decode_step(st, masked)
+        return step
 
     @staticmethod
     def _mark(cuda: bool):

@@ -136,7 +136,7 @@ class NativeLlama:
                 w = _hf_linear(layer, module)
                 if merge is not None and (li, module) in merge.pairs:  # merged: W + (α/r)·B·A, in fp32
                     a, b = merge.pairs[(li, module)]
-                    w = w + merge.scaling * (b @ a).to(w.device)
+                    w = w + merge.scaling * (b.to(w.device) @ a.to(w.device))
                 ws.append(w)
             w = torch.cat(ws)
             b_stack = b_rows = None
@@ -191,14 +191,35 @@ class NativeLlama:
         if not self.use_triton:
             return reference_projection(x, w, g.widths, lora)
         if g.config is None:
-            g.config = self._kernel_config(g.widths, x.shape[1])
+            self.prepare_kernels()
         return lora_kernel.fused_lora_linear(x, w, g.widths, g.config, self.workspace, lora)
 
-    def _kernel_config(self, widths: tuple[int, ...], k: int) -> lora_kernel.Config:
+    def prepare_kernels(self) -> list[str]:
+        """Choose every fused projection's tiles (tuned on CUDA for 16-bit dtypes, else the heuristic) and compile
+        the variants this engine can launch — one per distinct-adapter count U = 1..min(16, k) — in parallel, so
+        that nothing compiles inside a timed call or a graph capture. Returns compile errors (none expected)."""
+        if self.decode != "fused" or not self.use_triton:
+            return []
+        shapes = list(dict.fromkeys((g.widths, g.w.shape[1]) for g in self.layers[0].groups.values()))
         if self.tune:
-            return lora_kernel.tuned_config(widths, k, self.dtype, self.device)
-        n_sm = torch.cuda.get_device_properties(self.device).multi_processor_count if self.device.type == "cuda" else 4
-        return lora_kernel.heuristic_config(widths, k, self.dtype, n_sm)
+            from lorascope.serve.lora_tuning import tuned_configs
+
+            configs = tuned_configs(shapes, self.dtype, self.device, r=self.adapters[0].r if self.k else 8)
+        else:
+            n_sm = (torch.cuda.get_device_properties(self.device).multi_processor_count
+                    if self.device.type == "cuda" else 4)
+            configs = {s: lora_kernel.heuristic_config(s[0], s[1], self.dtype, n_sm) for s in shapes}
+        for layer in self.layers:
+            for g in layer.groups.values():
+                g.config = configs[(g.widths, g.w.shape[1])]
+        if self.device.type != "cuda":
+            return []
+        r = self.adapters[0].r if self.k else 1
+        per_variant: dict[int, int] = {}  # LoRA column count → the smallest U that compiles to it
+        for u in (range(1, min(16, self.k) + 1) if self.k else [0]):
+            per_variant.setdefault(lora_kernel.lora_cols(u, r), u)
+        return lora_kernel.precompile([(s[0], s[1], self.dtype, configs[s], u, r)
+                                       for s in shapes for u in per_variant.values()])
 
     def rope(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """qk (B, T, heads, hd); cos/sin (B, T, 1, hd)."""
