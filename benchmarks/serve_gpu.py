@@ -230,6 +230,17 @@ def main() -> None:
     prompts = [gen.integers(3, cfg.vocab_size, size=args.prompt_len).tolist() for _ in range(48)]
     gate_prompts = [gen.integers(3, cfg.vocab_size, size=args.prompt_len).tolist() for _ in range(8)]
     log(f"model and 8 adapters built on {device}")
+    if device == "cuda" and "native-fused" in args.backends:  # compile + tune every fused kernel once, up front
+        from lorascope.serve.lora_tuning import prepare
+
+        hd = cfg.hidden_size // cfg.num_attention_heads
+        q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+        shapes = [((q, kv, kv), cfg.hidden_size), ((cfg.hidden_size,), q),
+                  ((cfg.intermediate_size, cfg.intermediate_size), cfg.hidden_size),
+                  ((cfg.hidden_size,), cfg.intermediate_size)]
+        errors = prepare({dtype: ([0, 16, 32, 64], True), torch.float32: ([0, 64], False)}, shapes,
+                         torch.device(device))
+        log(f"fused kernels compiled and tuned ({len(errors)} compile errors{': ' + errors[0] if errors else ''})")
     reference = Reference(model, [str(d) for d in dirs], eos_id=None, device=device)
     pairs = {(tuple(gate_prompts[g % 8]), a) for g in range(16) for a in
              [None, 0] + [g % k for k in (2, 4, 8)]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -12,8 +13,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 # The fused LoRA kernel (serve/lora_kernel.py) is tested on CPU under Triton's interpreter, which Triton reads
-# when a kernel is defined — before transformers/peft import triton — so it is set here, unless a GPU exists.
-if not any(Path("/dev").glob("nvidia[0-9]*")):
+# when a kernel is defined — before transformers/peft import triton — so it is set here, unless a GPU exists
+# (or vLLM is installed: its own venv runs only its own tests, and its Triton kernels stay untouched).
+if not any(Path("/dev").glob("nvidia[0-9]*")) and importlib.util.find_spec("vllm") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]

@@ -87,7 +87,7 @@ def test_native_triton_kernel_end_to_end(hf_model, adapters, prompts, reference,
                            use_triton=True, tune=False)
     ids = [2, None, 0, 1]
     assert check_backend(engine, reference, prompts, ids, ids, 3, False) is None
-    assert all(g.config is not None for layer in engine.model.layers for g in layer.groups.values())  # it ran
+    assert all(g.configs for layer in engine.model.layers for g in layer.groups.values())  # the kernel ran
 
 
 def test_forced_logits_align_with_the_reference_in_fp32(hf_model, adapters, prompts, reference):
@@ -201,6 +201,20 @@ def test_perturbed_copy_is_seeded_and_relative(adapters, tmp_path):
         assert torch.equal(la.pairs[key][0], lb.pairs[key][0])
         rel = (la.pairs[key][1] - sb).norm() / sb.norm()
         assert 0.05 < rel < 0.2
+
+
+def test_reference_prefetch_equals_one_by_one(hf_model, adapters, reference):
+    """Batched reference generation (rows of one adapter and one length, no padding) gives the same tokens."""
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 500, (6,), generator=gen).tolist() for _ in range(4)]
+    pairs = [(p, a) for p in prompts for a in (None, 1)]
+    batched = Reference(hf_model, adapters, eos_id=EOS)
+    calls, generate = [], batched.model.generate
+    batched.model.generate = lambda **kw: calls.append(kw["input_ids"].shape) or generate(**kw)
+    batched.prefetch(pairs, NEW)
+    got = [batched.one(p, a, NEW, False) for p, a in pairs]
+    assert calls == [(4, 6), (4, 6)]  # one batch per adapter; ``one`` then only reads the cache
+    assert got == [reference.one(p, a, NEW, False) for p, a in pairs]
 
 
 def test_first_mismatch_reports_position():

@@ -190,19 +190,23 @@ class Workspace:
         return self._bufs[key]
 
 
+def variant(u: int, r: int, dtype: torch.dtype) -> int:
+    """Which compiled variant a launch with u distinct adapters of rank r uses: its LoRA column count (0 = no
+    LoRA part). fp32 (the gate's dtype, never timed) uses ≥ 64 columns: one compile for every batch."""
+    if u == 0:
+        return 0
+    return max(lora_cols(u, r), 64) if dtype == torch.float32 else lora_cols(u, r)
+
+
 def _meta(widths: tuple[int, ...], k: int, dtype: torch.dtype, cfg: Config, u: int, r: int) -> tuple[Config, dict]:
-    """The launch's tile config (stages fitted to shared memory) and constexprs; u = 0: no LoRA part. fp32 (the
-    gate's dtype, never timed) uses ≥ 64 LoRA columns, so one compile serves every batch composition."""
-    has_lora = u > 0
-    lc = lora_cols(u, r) if has_lora else 16  # no LoRA: a dummy 16 (the tiles are dead code)
-    if has_lora and dtype == torch.float32:
-        lc = max(lc, 64)
-    cfg = _fit_stages(cfg, lc if has_lora else 0, dtype)
-    const = dict(NMOD=len(widths), R=r if has_lora else 1, LC=lc, HAS_LORA=has_lora, BLOCK_M=BLOCK_M,
+    """The launch's tile config (stages fitted to shared memory) and constexprs; u = 0: no LoRA part."""
+    lc = variant(u, r, dtype)
+    cfg = _fit_stages(cfg, lc, dtype)
+    const = dict(NMOD=len(widths), R=r if lc else 1, LC=lc or 16, HAS_LORA=lc > 0, BLOCK_M=BLOCK_M,
                  BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, EVEN_K=k % cfg.block_k == 0,
                  DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
                  WIDEN=interpreting() and dtype != torch.float32, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return cfg, const
+    return cfg, const  # without LoRA, LC = 16 is a dummy (its tiles are dead code)
 
 
 def fused_lora_linear(x: torch.Tensor, w: torch.Tensor, widths: tuple[int, ...], cfg: Config, ws: Workspace,
@@ -227,40 +231,52 @@ def fused_lora_linear(x: torch.Tensor, w: torch.Tensor, widths: tuple[int, ...],
     return y
 
 
-def precompile(jobs: list[tuple], threads: int = 8) -> list[str]:
-    """Compile kernel variants ahead of use, in parallel (Triton's ``AsyncCompileMode``: its MLIR passes and
-    ptxas run outside the GIL). A job is (widths, K, dtype, Config, u, r) as ``_meta`` takes them; the dummy
-    arguments carry what the JIT specialises on (dtypes, 16-divisibility of K, widths and strides), so the
-    real launch finds the compiled kernel. Returns the errors (a variant that fails is compiled — and fails —
-    again at its first real launch, where the caller sees the exception)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def _warm(job: tuple) -> None:
+    """Compile one variant without launching it. A job is (widths, K, dtype, Config, u, r) as ``_meta`` takes
+    them; the dummy arguments carry what the JIT specialises on (dtypes, 16-alignment of pointers and of K,
+    widths and strides, as the engine's contiguous tensors have), so the real launch finds this compile."""
     from triton.runtime.jit import MockTensor
 
+    widths, k, dtype, cfg, u, r = job
+    d = tuple(widths) + (0,) * (3 - len(widths))
+    cfg, const = _meta(tuple(widths), k, dtype, cfg, u, r)
+    ptrs = [MockTensor(dtype)] * 5 + [MockTensor(torch.int32)] * 2 + [MockTensor(torch.float32)] * 2 + [
+        MockTensor(torch.int32)]
+    _fused_lora_linear.warmup(*ptrs, 1, k, d[0], d[1], d[2], max(u, 1), 1, k, sum(d), grid=(1, 1, 1), **const)
+
+
+def _warm_all(jobs: list[tuple]) -> list[str]:
     errors = []
-
-    def warm(job):
-        widths, k, dtype, cfg, u, r = job
-        d = tuple(widths) + (0,) * (3 - len(widths))
-        cfg, const = _meta(tuple(widths), k, dtype, cfg, u, r)
-        ptrs = [MockTensor(dtype)] * 5 + [MockTensor(torch.int32)] * 2 + [MockTensor(torch.float32)] * 2 + [
-            MockTensor(torch.int32)]
-        _fused_lora_linear.warmup(*ptrs, 1, k, d[0], d[1], d[2], max(u, 1), 1, k, sum(d), grid=(1, 1, 1), **const)
-
-    try:
-        from triton.runtime._async_compile import AsyncCompileMode
-
-        with ThreadPoolExecutor(threads) as pool, AsyncCompileMode(pool, ignore_errors=True):
-            for job in jobs:
-                warm(job)
-    except Exception as exc:  # an older/newer Triton without it: compile one by one
-        errors.append(f"parallel compile unavailable ({type(exc).__name__}: {exc}); compiling serially")
-        for job in jobs:
-            try:
-                warm(job)
-            except Exception as err:
-                errors.append(f"{job}: {type(err).__name__}: {err}")
+    for job in jobs:
+        try:
+            _warm(job)
+        except Exception as exc:
+            errors.append(f"{job}: {type(exc).__name__}: {exc}"[:400])
     return errors
+
+
+def precompile(jobs: list[tuple], processes: int | None = None) -> list[str]:
+    """Compile kernel variants ahead of use, so nothing compiles inside a timed call or a graph capture. Triton's
+    compile holds the GIL (threads do not help; measured), so distinct variants are compiled by worker
+    processes into Triton's on-disk cache, from which the launches load them; serially in-process when only
+    one is left or workers cannot start. Returns the errors (a variant that failed to compile fails again at
+    its first launch, where the caller sees the exception)."""
+    import os
+
+    jobs = list(dict.fromkeys(jobs))
+    processes = min(len(jobs), max(1, (os.cpu_count() or 2) - 1), 12) if processes is None else processes
+    if processes <= 1 or not torch.cuda.is_available():
+        return _warm_all(jobs)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunks = [jobs[i::processes] for i in range(processes)]
+    try:
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            errors = [e for part in pool.map(_warm_all, chunks) for e in part]
+    except Exception as exc:  # workers could not start (e.g. no spawn here): compile in-process
+        return [f"worker processes failed ({type(exc).__name__}: {exc}); compiled in-process"] + _warm_all(jobs)
+    return errors + _warm_all(jobs)  # loads the cached binaries here (and compiles anything a worker missed)
 
 
 def _fit_stages(cfg: Config, lc: int, dtype: torch.dtype) -> Config:

@@ -49,7 +49,7 @@ class Group:
     d_out: int
     n_mod: int
     widths: tuple[int, ...]
-    config: lora_kernel.Config | None = None  # the fused kernel's tiles, chosen on first use
+    configs: dict[int, lora_kernel.Config] | None = None  # the fused kernel's tiles per variant (prepare_kernels)
 
 
 @dataclass
@@ -190,36 +190,35 @@ class NativeLlama:
             lora = (g.w[g.d_out:], g.b_rows, routing.row_lora, routing.lora_ids, self.adapters[0].r)
         if not self.use_triton:
             return reference_projection(x, w, g.widths, lora)
-        if g.config is None:
+        v = lora_kernel.variant(lora[3].numel() if lora is not None else 0, self.r, self.dtype)
+        if g.configs is None or v not in g.configs:
             self.prepare_kernels()
-        return lora_kernel.fused_lora_linear(x, w, g.widths, g.config, self.workspace, lora)
+        return lora_kernel.fused_lora_linear(x, w, g.widths, g.configs[v], self.workspace, lora)
+
+    @property
+    def r(self) -> int:
+        return self.adapters[0].r if self.k else 1
 
     def prepare_kernels(self) -> list[str]:
-        """Choose every fused projection's tiles (tuned on CUDA for 16-bit dtypes, else the heuristic) and compile
-        the variants this engine can launch — one per distinct-adapter count U = 1..min(16, k) — in parallel, so
-        that nothing compiles inside a timed call or a graph capture. Returns compile errors (none expected)."""
+        """Choose every fused projection's tiles per variant this engine can launch (no LoRA, or the LoRA column
+        counts of U = 1..min(16, k) distinct adapters) — tuned on CUDA for 16-bit dtypes, else the heuristic —
+        and compile them now, so that nothing compiles inside a timed call or a graph capture."""
         if self.decode != "fused" or not self.use_triton:
             return []
-        shapes = list(dict.fromkeys((g.widths, g.w.shape[1]) for g in self.layers[0].groups.values()))
-        if self.tune:
-            from lorascope.serve.lora_tuning import tuned_configs
+        from lorascope.serve.lora_tuning import configs_for
 
-            configs = tuned_configs(shapes, self.dtype, self.device, r=self.adapters[0].r if self.k else 8)
-        else:
-            n_sm = (torch.cuda.get_device_properties(self.device).multi_processor_count
-                    if self.device.type == "cuda" else 4)
-            configs = {s: lora_kernel.heuristic_config(s[0], s[1], self.dtype, n_sm) for s in shapes}
+        shapes = list(dict.fromkeys((g.widths, g.w.shape[1]) for g in self.layers[0].groups.values()))
+        variants = sorted({lora_kernel.variant(u, self.r, self.dtype)
+                           for u in (range(1, min(16, self.k) + 1) if self.k else [0])})
+        configs = configs_for(shapes, variants, self.dtype, self.device, r=self.r, tune=self.tune)
+        by_shape = {s: {v: configs[(s, v)] for v in variants} for s in shapes}
         for layer in self.layers:
             for g in layer.groups.values():
-                g.config = configs[(g.widths, g.w.shape[1])]
+                g.configs = by_shape[(g.widths, g.w.shape[1])]
         if self.device.type != "cuda":
             return []
-        r = self.adapters[0].r if self.k else 1
-        per_variant: dict[int, int] = {}  # LoRA column count → the smallest U that compiles to it
-        for u in (range(1, min(16, self.k) + 1) if self.k else [0]):
-            per_variant.setdefault(lora_kernel.lora_cols(u, r), u)
-        return lora_kernel.precompile([(s[0], s[1], self.dtype, configs[s], u, r)
-                                       for s in shapes for u in per_variant.values()])
+        return lora_kernel.precompile([(s[0], s[1], self.dtype, configs[(s, v)], -(-v // self.r) if v else 0, self.r)
+                                       for s in shapes for v in variants], processes=1)
 
     def rope(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """qk (B, T, heads, hd); cos/sin (B, T, 1, hd)."""
