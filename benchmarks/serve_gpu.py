@@ -57,6 +57,23 @@ def log(msg: str) -> None:
     print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", flush=True)
 
 
+def save(args, results: dict, final: bool = False) -> str:
+    """The JSON so far (a run cut short still leaves every finished cell: ``--render`` tables it), and at the
+    end the table."""
+    from lorascope.serve.lora_tuning import TUNING_LOG
+
+    results["tuning"] = TUNING_LOG
+    results["total_s"] = time.perf_counter() - T0
+    results["complete"] = final
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve_gpu.json").write_text(json.dumps(results, indent=1, default=str))
+    if not final:
+        return ""
+    text = render(results)
+    (args.out / "serve_gpu.md").write_text(text)
+    return text
+
+
 def n_adapters(scenario: str) -> int:
     fixed = {"base": 0, "merged": 0, "unmerged-1": 1}
     return fixed[scenario] if scenario in fixed else int(scenario.split("-")[1])
@@ -145,6 +162,10 @@ def run_native(args, model, model_bf, loras, reference, prompts, gate_prompts, d
         if name not in args.backends:
             continue
         for scenario in SCENARIOS:
+            if time.perf_counter() - T0 > args.hard_stop_s:
+                results["cells"] += [{"backend": name, "scenario": scenario, "batch": b, "status": "not run",
+                                      "reason": f"past --hard-stop-s {args.hard_stop_s:.0f}"} for b in BATCHES]
+                continue
             try:
                 eng32 = native(model, scenario, loras, torch.float32, device, decode, max_prompt, args.new_tokens)
                 fp32 = fp32_tokens_gate(eng32, reference, gate_prompts, scenario, args.new_tokens)
@@ -176,12 +197,14 @@ def run_native(args, model, model_bf, loras, reference, prompts, gate_prompts, d
             eng.close()
             del eng
             torch.cuda.empty_cache() if device == "cuda" else None
+            save(args, results)
 
 
 def run_hf(args, model_bf, dirs, reference, prompts, gate_prompts, device, dtype, results) -> None:
     """Cells in order of cost (large batches first: fewer sequential requests), while the budget lasts; a cell
     starts only if its warm-up batch × its number of batches fits in the remaining time."""
     order = ["merged", "unmerged-1", "multi-8", "base", "multi-2", "multi-4"]
+    engines = {}
     for b in sorted(BATCHES, reverse=True):
         for scenario in order:
             left = args.budget_s - (time.perf_counter() - T0)
@@ -190,7 +213,9 @@ def run_hf(args, model_bf, dirs, reference, prompts, gate_prompts, device, dtype
                 results["cells"].append({**cell, "status": "not run", "reason": "time budget"})
                 continue
             try:
-                eng = hf(model_bf, scenario, dirs, dtype, device)
+                if scenario not in engines:
+                    engines[scenario] = hf(model_bf, scenario, dirs, dtype, device)
+                eng = engines[scenario]
                 cell["gate"] = gate_native(eng, reference, gate_prompts, scenario, b, args.new_tokens, dtype)
                 t0 = time.perf_counter()
                 batch = [prompts[i % len(prompts)] for i in range(b)]
@@ -200,13 +225,12 @@ def run_hf(args, model_bf, dirs, reference, prompts, gate_prompts, device, dtype
                     cell.update(status="not run", reason=f"time budget (needs ≈ {need:.0f} s)")
                 else:
                     cell.update(time_cell(eng, scenario, prompts, b, args.new_tokens, args.requests), status="ok")
-                eng.close()
-                del eng
             except Exception as exc:
                 traceback.print_exc()
                 cell.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
             results["cells"].append(cell)
             log(f"hf-peft {scenario} b={b}: {cell['status']}")
+            save(args, results)
 
 
 def main() -> None:
@@ -214,11 +238,16 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "serve_gpu_out")))
     ap.add_argument("--budget-s", type=float, default=290.0, help="hf-peft cells stop past this time")
+    ap.add_argument("--hard-stop-s", type=float, default=500.0, help="native scenarios not started past this time")
     ap.add_argument("--backends", default="native-fused,native-addmm,hf-peft")
     ap.add_argument("--requests", type=int, default=30)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--render", type=Path, help="only print the table of an earlier run's serve_gpu.json")
     args = ap.parse_args()
+    if args.render:
+        print(render(json.loads(args.render.read_text())))
+        return
     args.backends = args.backends.split(",")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16
@@ -251,15 +280,7 @@ def main() -> None:
     run_native(args, model, model_bf, loras, reference, prompts, gate_prompts, device, dtype, results)
     if "hf-peft" in args.backends:
         run_hf(args, model_bf, dirs, reference, prompts, gate_prompts, device, dtype, results)
-    from lorascope.serve.lora_tuning import TUNING_LOG
-
-    results["tuning"] = TUNING_LOG
-    results["total_s"] = time.perf_counter() - T0
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = render(results)
-    (args.out / "serve_gpu.md").write_text(text)
-    (args.out / "serve_gpu.json").write_text(json.dumps(results, indent=1, default=str))
-    print(text, flush=True)
+    print(save(args, results, final=True), flush=True)
     log(f"done; wrote {args.out}/serve_gpu.md and serve_gpu.json")
 
 

@@ -72,30 +72,31 @@ def _categories(kernels: dict, reps: int) -> dict:
 
 
 # ----- statistics -----------------------------------------------------------------------------------------------
-def _pooled(cell: dict, key: str) -> np.ndarray:
-    return np.array([v for b in cell["batches"] for v in b[key]], dtype=float)
+def _matrix(cell: dict, key: str) -> np.ndarray:
+    """(batches, rows) of one per-request quantity: every batch of a fixed-length cell has the same rows."""
+    return np.array([b[key] for b in cell["batches"]], dtype=float)
 
 
 def p95(cell: dict) -> float:
-    return float(np.percentile(_pooled(cell, "e2e_s"), 95))
+    return float(np.percentile(_matrix(cell, "e2e_s"), 95))
 
 
 def tpot(cell: dict) -> float:
-    return float(np.median(_pooled(cell, "tpot_s")))
+    return float(np.median(_matrix(cell, "tpot_s")))
 
 
-def overhead(cell: dict, ref: dict, stat=p95, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """stat(cell)/stat(ref) − 1 and a 95% percentile-bootstrap CI resampling each cell's batches (requests of one
-    batch ran together, so batches, not requests, are the independent units)."""
+def overhead(cell: dict, ref: dict, key: str = "e2e_s", q: float = 95, resamples: int = 2000,
+             seed: int = 0) -> tuple[float, float, float]:
+    """q-th percentile of ``key`` in cell over ref, minus 1, and a 95% percentile-bootstrap CI resampling each
+    cell's batches (a batch's requests ran together: batches, not requests, are the independent units)."""
     rng = np.random.default_rng(seed)
-    point = stat(cell) / stat(ref) - 1
-
-    def draw(c):
-        idx = rng.integers(0, len(c["batches"]), len(c["batches"]))
-        return {"batches": [c["batches"][i] for i in idx]}
-
-    boots = [stat(draw(cell)) / stat(draw(ref)) - 1 for _ in range(resamples)]
-    return point, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+    a, b = _matrix(cell, key), _matrix(ref, key)
+    point = np.percentile(a, q) / np.percentile(b, q) - 1
+    ia = rng.integers(0, len(a), (resamples, len(a)))
+    ib = rng.integers(0, len(b), (resamples, len(b)))
+    boots = (np.percentile(a[ia].reshape(resamples, -1), q, axis=1)
+             / np.percentile(b[ib].reshape(resamples, -1), q, axis=1) - 1)
+    return float(point), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
 # ----- rendering --------------------------------------------------------------------------------------------------
@@ -163,7 +164,8 @@ def render(results: dict) -> str:
         toks = sum(sum(x["out_tokens"]) for x in c["batches"])
         vs_m = "" if m is None or sc == "merged" else "{:+.1%} [{:+.1%}, {:+.1%}]".format(*overhead(c, m))
         vs_b = "" if base is None or sc == "base" else "{:+.1%} [{:+.1%}, {:+.1%}]".format(*overhead(c, base))
-        t_m = "" if m is None or sc == "merged" else f"{tpot(c) / tpot(m) - 1:+.1%}"
+        t_m = "" if m is None or sc == "merged" else "{:+.1%} [{:+.1%}, {:+.1%}]".format(
+            *overhead(c, m, key="tpot_s", q=50))
         lines.append(f"| {be} | {sc} | {b} | {c['n']} | {p95(c) * 1e3:.1f} | {tpot(c) * 1e3:.3f} | {toks / wall:.0f} | "
                      f"{vs_m} | {vs_b} | {t_m} | {_gate_text(c)} |")
     lines += ["", "## Per-kernel profile of one decode step (µs per step)", ""]
