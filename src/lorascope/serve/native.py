@@ -97,8 +97,8 @@ class NativeBackend:
         if masked not in st.graphs:
             bufs = (st.tok, st.pos, st.col, st.step, st.valid, st.out, st.done, st.logits)
             saved = [t.clone() for t in bufs]
-            for buf in (st.pos, st.col, st.step):  # warm-up steps write at these: keep them in range
-                buf.zero_()
+            for buf in (st.pos, st.col, st.step):  # warm-up steps write at these: keep them in range (the cache
+                buf.zero_()  # columns they write are rewritten by the prefill that follows, see ``_start``)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -125,13 +125,16 @@ class NativeBackend:
         return [0 if a is None else a + 1 for a in adapter_ids]
 
     def _start(self, prompts: Sequence[Sequence[int]], adapter_ids: Sequence[int | None] | None):
-        """The batch's state with its routing copied into the static buffers; masked = the mask is needed."""
+        """The batch's state with its routing copied into the static buffers (masked = the mask is needed), and
+        its graph captured — before any prefill, because capture's warm-up steps write into the KV cache."""
         bsz = len(prompts)
         routing = self.model.routing(self._slots(adapter_ids, bsz))
         st = self._state(bsz)
         masked = routing is not None and routing.masks is not None
         if routing is not None:
             copy_routing(st.routing, routing)
+        if self.use_graphs:
+            self._graph(st, masked)
         return st, masked
 
     def _prefill(self, st: _State, prompts: Sequence[Sequence[int]], masked: bool) -> None:
@@ -173,9 +176,7 @@ class NativeBackend:
         if max_new_tokens > self.max_new:
             raise ServeError(f"max_new_tokens {max_new_tokens} > the engine's budget {self.max_new}")
         bsz = len(prompts)
-        st, masked = self._start(prompts, adapter_ids)
-        if self.use_graphs:
-            self._graph(st, masked)  # capture (once) before the clock starts
+        st, masked = self._start(prompts, adapter_ids)  # (captures the graph once, before the clock starts)
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.synchronize(self.device)
