@@ -8,9 +8,9 @@ import time
 import numpy as np
 import torch
 
-CATEGORIES = [("fused LoRA projection (Triton)", r"_fused_lora_linear"),
-              ("GEMM (cuBLAS/CUTLASS)", r"gemm|gemv|xmma|cutlass|sm90_|sm80_|ampere|cublas"),
+CATEGORIES = [("fused LoRA projection (Triton)", r"_fused_lora_linear"),  # first match wins
               ("attention", r"fmha|flash|attention|sdpa|softmax"),
+              ("GEMM (cuBLAS/CUTLASS)", r"gemm|gemv|xmma|cutlass|sm90_|sm80_|ampere|cublas|splitk"),
               ("norm / reductions", r"norm|reduce|argmax|arg_max"),
               ("copies / index", r"copy|index|fill|cat|memcpy|memset|gather|scatter"),
               ("elementwise", r"elementwise|vectorized|mul|add|silu|unrolled")]
@@ -68,7 +68,8 @@ def _categories(kernels: dict, reps: int) -> dict:
         c = cats.setdefault(label, [0.0, 0.0])
         c[0] += count / reps
         c[1] += us / reps
-    return {k: {"kernels": round(v[0], 1), "us": round(v[1], 1)} for k, v in sorted(cats.items(), key=lambda x: -x[1][1])}
+    ordered = sorted(cats.items(), key=lambda x: -x[1][1])
+    return {k: {"kernels": round(v[0], 1), "us": round(v[1], 1)} for k, v in ordered}
 
 
 # ----- statistics -----------------------------------------------------------------------------------------------
@@ -116,7 +117,8 @@ def _gate_text(cell: dict) -> str:
     g, f = cell.get("gate"), cell.get("fp32_gate")
     parts = []
     if g:
-        parts.append(("pass" if g["passed"] else "FAIL") + f" (×{g['worst_rms_ratio']:.2f} rms, ×{g['worst_max_ratio']:.2f} max)")
+        verdict = "pass" if g["passed"] else "FAIL"
+        parts.append(f"{verdict} (×{g['worst_rms_ratio']:.2f} rms, ×{g['worst_max_ratio']:.2f} max)")
     if f:
         parts.append("fp32 " + f["status"].split(":")[0])
     return "; ".join(parts) or "—"
@@ -153,8 +155,9 @@ def render(results: dict) -> str:
             lines.append(f"| {be} | {sc} | " + " | ".join(row) + " |")
     lines += ["", "Aim (unmerged-1 ≤ +5%, multi-k ≤ +10% at every batch size): " + "; ".join(
         f"{be} {sc}: {'met' if all(v) and len(v) == len(batches) else 'NOT met'}" for (be, sc), v in aims.items())]
-    lines += ["", "## Every cell", "", "| backend | scenario | batch | n | p95 e2e ms | p50 TPOT ms | tok/s | p95 vs merged "
-              "| p95 vs base | TPOT vs merged | gate (bf16 teacher-forced; fp32 tokens) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Every cell", "", "| backend | scenario | batch | n | p95 e2e ms | p50 TPOT ms | tok/s | "
+              "p95 vs merged | p95 vs base | TPOT vs merged | gate (bf16 teacher-forced; fp32 tokens) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (be, sc, b), c in cells.items():
         if c.get("status") != "ok":
             lines.append(f"| {be} | {sc} | {b} | 0 | | | | | | | {c.get('status')}: {c.get('reason', '')[:80]} |")

@@ -160,7 +160,8 @@ def run_benchmark(s: BenchSettings, spec: EngineSpec, pool: list[Path], prompts:
                     except (ServeError, RuntimeError) as exc:
                         forced[key] = {"passed": False, "reason": f"gate failed to run: {type(exc).__name__}: {exc}"}
                 if forced[key] is not None and not forced[key]["passed"]:
-                    cells.append(_cell(backend, scenario, b, mode, "failed", f"correctness gate: {forced[key]['reason']}"))
+                    reason = f"correctness gate: {forced[key]['reason']}"
+                    cells.append(_cell(backend, scenario, b, mode, "failed", reason))
                     continue
                 try:
                     cells.append(_cell(backend, scenario, b, mode, "ok",

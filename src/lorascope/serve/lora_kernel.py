@@ -72,7 +72,7 @@ def _fused_lora_linear(x_ptr, w_ptr, a_ptr, b_ptr, y_ptr, row_lora_ptr, lora_ids
     k_begin = pid_k * steps_per_split * BLOCK_K
     k_end = tl.minimum(k_begin + steps_per_split * BLOCK_K, K)
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
-    w_ptrs = w_ptr + offs_n[None, :] * K + offs_k[:, None]  # a (BLOCK_K, BLOCK_N) tile of Wᵀ: no in-register transpose
+    w_ptrs = w_ptr + offs_n[None, :] * K + offs_k[:, None]  # (BLOCK_K, BLOCK_N) tiles of Wᵀ: no in-register transpose
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     s = tl.zeros((BLOCK_M, LC), dtype=tl.float32)
     if HAS_LORA:  # LoRA column c = u·R + j: adapter u of the batch's distinct adapters, rank index j

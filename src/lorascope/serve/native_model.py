@@ -201,15 +201,15 @@ class NativeLlama:
 
     def prepare_kernels(self) -> list[str]:
         """Choose every fused projection's tiles per variant this engine can launch (no LoRA, or the LoRA column
-        counts of U = 1..min(16, k) distinct adapters) — tuned on CUDA for 16-bit dtypes, else the heuristic —
+        counts of U = 1..k distinct adapters) — tuned on CUDA for 16-bit dtypes, else the heuristic —
         and compile them now, so that nothing compiles inside a timed call or a graph capture."""
         if self.decode != "fused" or not self.use_triton:
             return []
         from lorascope.serve.lora_tuning import configs_for
 
         shapes = list(dict.fromkeys((g.widths, g.w.shape[1]) for g in self.layers[0].groups.values()))
-        variants = sorted({lora_kernel.variant(u, self.r, self.dtype)
-                           for u in (range(1, min(16, self.k) + 1) if self.k else [0])})
+        counts = range(1, self.k + 1) if self.k else [0]
+        variants = sorted({lora_kernel.variant(u, self.r, self.dtype) for u in counts})
         configs = configs_for(shapes, variants, self.dtype, self.device, r=self.r, tune=self.tune)
         by_shape = {s: {v: configs[(s, v)] for v in variants} for s in shapes}
         for layer in self.layers:
