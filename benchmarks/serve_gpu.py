@@ -111,6 +111,30 @@ def hf(model_bf, scenario, dirs, dtype, device):
                          merge=scenario == "merged", dtype=dtype, device=device, eos_id=None)
 
 
+def kernel_check(shapes, dtype, device) -> list[dict]:
+    """The fused kernel alone on the real shapes, tuned tiles, a mixed batch (16 rows over 8 adapters and rows
+    on none), vs its PyTorch reference: the worst |kernel − reference| over a rounding bound (2 bf16 roundings of
+    y and of the shrink, ≥ 1 ulp apart at most — see tests/test_serve_lora_kernel.py), ≤ 1 when correct."""
+    from lorascope.serve.fused_lora import reference_projection, route
+    from lorascope.serve.lora_kernel import Workspace, fused_lora_linear, variant
+    from lorascope.serve.lora_tuning import configs_for
+
+    out, gen, r = [], torch.Generator(device=device).manual_seed(1), 8
+    for widths, k in shapes:
+        n = sum(widths)
+        rnd = lambda *sh: (torch.randn(*sh, device=device, generator=gen) / k ** 0.5).to(dtype)  # noqa: E731
+        x, w, a, b = rnd(16, k) * k ** 0.5, rnd(n, k), rnd(8 * len(widths) * r, k), rnd(8, r, n) * k ** 0.5
+        rt = route([g % 9 for g in range(16)], 8, r, dtype, torch.device(device))
+        lora = (a, b, rt.row_lora, rt.lora_ids, r)
+        cfg = configs_for([(widths, k)], [variant(8, r, dtype)], dtype, torch.device(device))[((widths, k), 64)]
+        got = fused_lora_linear(x, w, widths, cfg, Workspace(torch.device(device)), lora).float()
+        want = reference_projection(x, w, widths, lora).float()
+        bound = 2.0 ** -7 * want.abs() + 1e-3 * want.abs().max()
+        out.append({"widths": list(widths), "k": k, "config": cfg.__dict__,
+                    "worst_err_over_bound": float(((got - want).abs() / bound).max())})
+    return out
+
+
 def fp32_tokens_gate(engine, reference, prompts, scenario, n_new) -> dict:
     """Exact greedy tokens at fp32, 16 mixed rows as one batch (every resident adapter). A first difference where
     the reference's own top-1/top-2 gap is within fp32 noise (1e-4 of its largest logit) is a tie, not a bug."""
@@ -259,6 +283,7 @@ def main() -> None:
     prompts = [gen.integers(3, cfg.vocab_size, size=args.prompt_len).tolist() for _ in range(48)]
     gate_prompts = [gen.integers(3, cfg.vocab_size, size=args.prompt_len).tolist() for _ in range(8)]
     log(f"model and 8 adapters built on {device}")
+    checks = None
     if device == "cuda" and "native-fused" in args.backends:  # compile + tune every fused kernel once, up front
         from lorascope.serve.lora_tuning import prepare
 
@@ -270,13 +295,20 @@ def main() -> None:
         errors = prepare({dtype: ([0, 16, 32, 64], True), torch.float32: ([0, 64], False)}, shapes,
                          torch.device(device))
         log(f"fused kernels compiled and tuned ({len(errors)} compile errors{': ' + errors[0] if errors else ''})")
+        try:
+            checks = kernel_check(shapes, dtype, device)
+        except Exception as exc:
+            traceback.print_exc()
+            checks = [{"error": f"{type(exc).__name__}: {exc}"[:500]}]
+        log(f"fused kernel vs PyTorch reference, mixed 8-adapter batch (err/bound ≤ 1 when correct): {checks}")
     reference = Reference(model, [str(d) for d in dirs], eos_id=None, device=device)
     pairs = {(tuple(gate_prompts[g % 8]), a) for g in range(16) for a in
              [None, 0] + [g % k for k in (2, 4, 8)]}
     reference.prefetch(sorted(pairs, key=str), args.new_tokens)
     log(f"fp32 reference: {len(pairs)} (prompt, adapter) greedy outputs")
     model_bf = copy.deepcopy(model).to(dtype)
-    results = {"cells": [], "config": vars(args) | {"out": str(args.out)}, "device": device}
+    results = {"cells": [], "config": vars(args) | {"out": str(args.out)}, "device": device,
+               "kernel_check": checks}
     run_native(args, model, model_bf, loras, reference, prompts, gate_prompts, device, dtype, results)
     if "hf-peft" in args.backends:
         run_hf(args, model_bf, dirs, reference, prompts, gate_prompts, device, dtype, results)
