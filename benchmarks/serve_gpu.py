@@ -1,14 +1,26 @@
-"""Serving benchmark at the Sheared-LLaMA-1.3B shape (random weights, random nonzero r=8 adapters on all 7
-linear modules): ``native`` vs ``hf-peft`` over batch 1–16 and every §10 scenario.
+"""Serving benchmark at the Sheared-LLaMA-1.3B shape (random weights, random NONZERO r = 8 adapters on all 7 linear
+modules), §10 scenarios × batch 1–16, one table for three engines:
 
-Bundle (benchmarks/gpu_site.sh, docs/gpu.md): NOT needed — torch, transformers, peft and ``lorascope.serve``
-(which imports no pydantic/optuna/ray):
-    PYTHONPATH=src python benchmarks/serve_gpu.py [--tiny] [--out DIR]
-``--tiny`` runs a small shape (for a CPU smoke test before a GPU run).
+* ``native-fused`` — lorascope's engine, decode projections as ONE Triton kernel each (base + LoRA, no extra launch);
+* ``native-addmm`` — the same engine on the previous path ([W; A] cuBLAS GEMM, mask, ``addmm_``);
+* ``hf-peft`` — transformers ``generate`` + PEFT (the reference users run), as many cells as the time budget allows.
 
-Correctness first: (1) at fp32, every scenario of the native engine must equal the per-row single-adapter
-PEFT reference (mixed adapters in one batch) token for token; (2) at bf16 the first tokens of native and
-hf-peft are compared and the agreement is printed (bf16 rounding may legitimately flip later argmaxes).
+Per cell: ≥ ``--requests`` (30) timed requests after one warm-up batch, fixed length (``--new-tokens`` 64, EOS
+ignored), prompts of ``--prompt-len`` (128) tokens; p95 end-to-end latency and p50 TPOT; overheads vs ``merged`` and
+vs ``base`` of the same engine and batch size, with bootstrap CIs over batches. Correctness first, per cell: the
+timed bf16 engine (its graphs, its batch size, every resident adapter) is gated by teacher-forced logits against the
+fp32 transformers + PEFT reference (``serve/gate.py``); each native engine is also run at fp32 (same code, same
+graphs) and must reproduce the reference's greedy tokens exactly (a flip at a reference near-tie is reported as
+such). A failed gate is printed next to the cell's numbers (the cell is still timed: this is a diagnostic run).
+Per-kernel profiles (torch.profiler) of one decode step: merged vs unmerged-1 vs multi-8.
+
+    PYTHONPATH=src python benchmarks/serve_gpu.py [--out DIR] [--budget-s 290] [--tiny]
+
+Writes ``serve_gpu.json`` (every request, gate, profile, the kernel tuner's log) and ``serve_gpu.md`` to ``--out``
+(default: $OUT). ``--tiny``: a small model, for a CPU smoke test of the script itself.
+
+Bundle (benchmarks/gpu_site.sh, docs/gpu.md): NOT needed — torch, transformers, peft, triton and ``lorascope.serve``
+(which imports no pydantic/optuna/ray).
 """
 
 from __future__ import annotations
@@ -17,22 +29,62 @@ import argparse
 import copy
 import json
 import math
+import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serve_gpu_report import profile_step, render  # noqa: E402
 
 from lorascope.serve.adapters import load_lora, random_adapter  # noqa: E402
-from lorascope.serve.correctness import Reference, first_mismatch  # noqa: E402
+from lorascope.serve.correctness import Reference  # noqa: E402
+from lorascope.serve.gate import gate_cell  # noqa: E402
 from lorascope.serve.hf_peft import HFPeftBackend  # noqa: E402
 from lorascope.serve.native import NativeBackend  # noqa: E402
 
 SCENARIOS = ["base", "merged", "unmerged-1", "multi-2", "multi-4", "multi-8"]
+BATCHES = [1, 2, 4, 8, 16]
+PROFILED = {("native-fused", 1), ("native-fused", 16), ("native-addmm", 16)}  # × merged, unmerged-1, multi-8
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", flush=True)
+
+
+def save(args, results: dict, final: bool = False) -> str:
+    """The JSON so far (a run cut short still leaves every finished cell: ``--render`` tables it), and at the
+    end the table."""
+    from lorascope.serve.lora_tuning import TUNING_LOG
+
+    results["tuning"] = TUNING_LOG
+    results["total_s"] = time.perf_counter() - T0
+    results["complete"] = final
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve_gpu.json").write_text(json.dumps(results, indent=1, default=str))
+    if not final:
+        return ""
+    text = render(results)
+    (args.out / "serve_gpu.md").write_text(text)
+    return text
+
+
+def n_adapters(scenario: str) -> int:
+    fixed = {"base": 0, "merged": 0, "unmerged-1": 1}
+    return fixed[scenario] if scenario in fixed else int(scenario.split("-")[1])
+
+
+def row_ids(scenario: str, start: int, b: int):
+    k = n_adapters(scenario)
+    return [(start + i) % k for i in range(b)] if k else None
 
 
 def build(tiny: bool, device: str):
@@ -50,124 +102,221 @@ def build(tiny: bool, device: str):
     return cfg, model
 
 
-def adapter_ids(scenario: str, bsz: int):
-    if scenario in ("base", "merged"):
-        return None
-    k = 1 if scenario == "unmerged-1" else int(scenario.split("-")[1])
-    return [i % k for i in range(bsz)]
-
-
-def native_engine(model, scenario, loras, dtype, device, max_new, graphs=True):
-    k = 0 if scenario in ("base", "merged") else (1 if scenario == "unmerged-1" else int(scenario.split("-")[1]))
+def native(model, scenario, loras, dtype, device, decode, max_prompt, max_new):
+    k = n_adapters(scenario)
     return NativeBackend(model, adapters=loras[:k] or None, merge=loras[0] if scenario == "merged" else None,
-                         dtype=dtype, device=device, eos_id=None, max_prompt=160, max_new=max_new, cuda_graphs=graphs)
+                         dtype=dtype, device=device, eos_id=None, max_prompt=max_prompt, max_new=max_new, decode=decode)
 
 
-def hf_engine(model, scenario, dirs, dtype, device):
-    k = 0 if scenario == "base" else (1 if scenario in ("merged", "unmerged-1") else int(scenario.split("-")[1]))
-    return HFPeftBackend(copy.deepcopy(model), adapter_dirs=[str(d) for d in dirs[:k]] or None,
+def hf(model_bf, scenario, dirs, dtype, device):
+    k = 1 if scenario == "merged" else n_adapters(scenario)
+    return HFPeftBackend(copy.deepcopy(model_bf), adapter_dirs=[str(d) for d in dirs[:k]] or None,
                          merge=scenario == "merged", dtype=dtype, device=device, eos_id=None)
 
 
-def check_fp32(model, loras, dirs, prompts, device, n_new) -> dict:
-    ref = Reference(model, [str(d) for d in dirs], eos_id=None, device=device)
-    out = {}
-    for sc in SCENARIOS:
-        eng = native_engine(model, sc, loras, torch.float32, device, n_new)
-        ids = adapter_ids(sc, len(prompts))
-        got = eng.generate(prompts, ids, n_new, False).tokens
-        ref_ids = [0] * len(prompts) if sc == "merged" else (ids or [None] * len(prompts))
-        want = [ref.one(p, a, n_new, False) for p, a in zip(prompts, ref_ids)]
-        out[sc] = first_mismatch(got, want) or "equal"
-        eng.close()
+def kernel_check(shapes, dtype, device) -> list[dict]:
+    """The fused kernel alone on the real shapes, tuned tiles, a mixed batch (16 rows over 8 adapters and rows
+    on none), vs its PyTorch reference: the worst |kernel − reference| over a rounding bound (2 bf16 roundings of
+    y and of the shrink, ≥ 1 ulp apart at most — see tests/test_serve_lora_kernel.py), ≤ 1 when correct."""
+    from lorascope.serve.fused_lora import reference_projection, route
+    from lorascope.serve.lora_kernel import Workspace, fused_lora_linear, variant
+    from lorascope.serve.lora_tuning import configs_for
+
+    out, gen, r = [], torch.Generator(device=device).manual_seed(1), 8
+    for widths, k in shapes:
+        n = sum(widths)
+        rnd = lambda *sh: (torch.randn(*sh, device=device, generator=gen) / k ** 0.5).to(dtype)  # noqa: E731
+        x, w, a, b = rnd(16, k) * k ** 0.5, rnd(n, k), rnd(8 * len(widths) * r, k), rnd(8, r, n) * k ** 0.5
+        rt = route([g % 9 for g in range(16)], 8, r, dtype, torch.device(device))
+        lora = (a, b, rt.row_lora, rt.lora_ids, r)
+        cfg = configs_for([(widths, k)], [variant(8, r, dtype)], dtype, torch.device(device))[((widths, k), 64)]
+        got = fused_lora_linear(x, w, widths, cfg, Workspace(torch.device(device)), lora).float()
+        want = reference_projection(x, w, widths, lora).float()
+        bound = 2.0 ** -7 * want.abs() + 1e-3 * want.abs().max()
+        out.append({"widths": list(widths), "k": k, "config": cfg.__dict__,
+                    "worst_err_over_bound": float(((got - want).abs() / bound).max())})
     return out
 
 
-def time_cell(eng, scenario, prompts, bsz, n_new, warmup, reps) -> dict:
-    e2e, tpot, walls, first = [], [], [], None
-    for j in range(warmup + reps):
-        start = (j - warmup) * bsz if j >= warmup else 16 + j  # the first timed batch starts at prompt 0
-        batch = [prompts[(start + i) % len(prompts)] for i in range(bsz)]
+def fp32_tokens_gate(engine, reference, prompts, scenario, n_new) -> dict:
+    """Exact greedy tokens at fp32, 16 mixed rows as one batch (every resident adapter). A first difference where
+    the reference's own top-1/top-2 gap is within fp32 noise (1e-4 of its largest logit) is a tie, not a bug."""
+    k, rows = n_adapters(scenario), 16
+    ids = row_ids(scenario, 0, rows)
+    ref_ids = [0] * rows if scenario == "merged" else (ids or [None] * rows)
+    batch = [prompts[g % len(prompts)] for g in range(rows)]
+    got = engine.generate(batch, ids, n_new, False).tokens
+    for i, (p, a, toks) in enumerate(zip(batch, ref_ids, got)):
+        want = reference.one(p, a, n_new, False)
+        if toks == want:
+            continue
+        j = next(j for j, (x, y) in enumerate(zip(toks, want)) if x != y)
+        logits = reference.forced(p, a, want)[j]
+        top = logits.topk(2).values
+        gap, scale = float(top[0] - top[1]), float(logits.abs().max())
+        status = "tie" if gap <= 1e-4 * scale and toks[j] == int(logits.topk(2).indices[1]) else "MISMATCH"
+        return {"passed": status == "tie", "status": f"{status}: row {i} (adapter {a}) token {j}, reference top-2 "
+                f"gap {gap:.2e} (logit scale {scale:.2f})", "k": k}
+    return {"passed": True, "status": "equal", "k": k}
+
+
+def time_cell(engine, scenario, prompts, b, n_new, requests) -> dict:
+    """One warm-up batch, then ⌈requests/b⌉ timed batches of the round-robin stream (prompt g, adapter g mod k)."""
+    batches = []
+    for j in range(1 + math.ceil(requests / b)):
+        start = (j - 1) * b if j else len(prompts) // 2
+        batch = [prompts[(start + i) % len(prompts)] for i in range(b)]
         t0 = time.perf_counter()
-        g = eng.generate(batch, adapter_ids(scenario, bsz), n_new, False)
+        gen = engine.generate(batch, row_ids(scenario, max(start, 0), b), n_new, False)
         wall = time.perf_counter() - t0
-        if j == warmup:
-            first = g.tokens  # same prompts for every backend: compared across backends
-        if j >= warmup:
-            walls.append(wall)
-            e2e += g.e2e_s
-            tpot += [(e - t) / (len(tk) - 1) for e, t, tk in zip(g.e2e_s, g.ttft_s, g.tokens)]
-    return {"p95_e2e_s": float(np.percentile(e2e, 95)), "p50_tpot_ms": float(np.median(tpot) * 1e3),
-            "tok_s": bsz * n_new * reps / sum(walls), "first_tokens": first}
+        if j:
+            tpot = [(e - t) / (len(tk) - 1) for e, t, tk in zip(gen.e2e_s, gen.ttft_s, gen.tokens)]
+            batches.append({"e2e_s": gen.e2e_s, "ttft_s": gen.ttft_s, "tpot_s": tpot, "wall_s": wall,
+                            "out_tokens": [len(t) for t in gen.tokens]})
+    return {"batches": batches, "n": sum(len(x["e2e_s"]) for x in batches)}
+
+
+def gate_native(engine, reference, gate_prompts, scenario, b, n_new, dtype) -> dict:
+    res = gate_cell(engine, reference, gate_prompts, n_adapters(scenario), b, n_new, dtype,
+                    merged=scenario == "merged")
+    return res.summary()
+
+
+def run_native(args, model, model_bf, loras, reference, prompts, gate_prompts, device, dtype, results) -> None:
+    max_prompt = len(prompts[0])
+    for decode in ("fused", "addmm"):
+        name = f"native-{decode}"
+        if name not in args.backends:
+            continue
+        for scenario in SCENARIOS:
+            if time.perf_counter() - T0 > args.hard_stop_s:
+                results["cells"] += [{"backend": name, "scenario": scenario, "batch": b, "status": "not run",
+                                      "reason": f"past --hard-stop-s {args.hard_stop_s:.0f}"} for b in BATCHES]
+                continue
+            try:
+                eng32 = native(model, scenario, loras, torch.float32, device, decode, max_prompt, args.new_tokens)
+                fp32 = fp32_tokens_gate(eng32, reference, gate_prompts, scenario, args.new_tokens)
+                eng32.close()
+                del eng32
+                t_start = time.perf_counter()
+                eng = native(model_bf, scenario, loras, dtype, device, decode, max_prompt, args.new_tokens)
+                start_s = time.perf_counter() - t_start
+            except Exception as exc:  # a variant that fails to build or compile is reported; the rest runs
+                traceback.print_exc()
+                for b in BATCHES:
+                    results["cells"].append({"backend": name, "scenario": scenario, "batch": b, "status": "failed",
+                                             "reason": f"{type(exc).__name__}: {exc}"[:500]})
+                continue
+            for b in BATCHES:
+                cell = {"backend": name, "scenario": scenario, "batch": b, "fp32_gate": fp32,
+                        "engine_start_s": start_s, "compile_errors": getattr(eng, "compile_errors", [])}
+                try:
+                    cell["gate"] = gate_native(eng, reference, gate_prompts, scenario, b, args.new_tokens, dtype)
+                    cell.update(time_cell(eng, scenario, prompts, b, args.new_tokens, args.requests), status="ok")
+                    if device == "cuda" and (name, b) in PROFILED and scenario in ("merged", "unmerged-1", "multi-8"):
+                        cell["profile"] = profile_step(eng, [prompts[i] for i in range(b)], row_ids(scenario, 0, b))
+                except Exception as exc:
+                    traceback.print_exc()
+                    cell.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
+                results["cells"].append(cell)
+            log(f"{name} {scenario}: fp32 gate {fp32['status']}; bf16 gates "
+                f"{[c.get('gate', {}).get('passed') for c in results['cells'][-len(BATCHES):]]}")
+            eng.close()
+            del eng
+            torch.cuda.empty_cache() if device == "cuda" else None
+            save(args, results)
+
+
+def run_hf(args, model_bf, dirs, reference, prompts, gate_prompts, device, dtype, results) -> None:
+    """Cells in order of cost (large batches first: fewer sequential requests), while the budget lasts; a cell
+    starts only if its warm-up batch × its number of batches fits in the remaining time."""
+    order = ["merged", "unmerged-1", "multi-8", "base", "multi-2", "multi-4"]
+    engines = {}
+    for b in sorted(BATCHES, reverse=True):
+        for scenario in order:
+            left = args.budget_s - (time.perf_counter() - T0)
+            cell = {"backend": "hf-peft", "scenario": scenario, "batch": b}
+            if left < 10:
+                results["cells"].append({**cell, "status": "not run", "reason": "time budget"})
+                continue
+            try:
+                if scenario not in engines:
+                    engines[scenario] = hf(model_bf, scenario, dirs, dtype, device)
+                eng = engines[scenario]
+                cell["gate"] = gate_native(eng, reference, gate_prompts, scenario, b, args.new_tokens, dtype)
+                t0 = time.perf_counter()
+                batch = [prompts[i % len(prompts)] for i in range(b)]
+                eng.generate(batch, row_ids(scenario, 0, b), args.new_tokens, False)  # warm-up and cost probe
+                need = (time.perf_counter() - t0) * math.ceil(args.requests / b)
+                if need > args.budget_s - (time.perf_counter() - T0):
+                    cell.update(status="not run", reason=f"time budget (needs ≈ {need:.0f} s)")
+                else:
+                    cell.update(time_cell(eng, scenario, prompts, b, args.new_tokens, args.requests), status="ok")
+            except Exception as exc:
+                traceback.print_exc()
+                cell.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
+            results["cells"].append(cell)
+            log(f"hf-peft {scenario} b={b}: {cell['status']}")
+            save(args, results)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--out", type=Path, default=Path("serve_gpu_out"))
-    ap.add_argument("--budget-s", type=float, default=420.0, help="skip remaining hf-peft cells past this time")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "serve_gpu_out")))
+    ap.add_argument("--budget-s", type=float, default=290.0, help="hf-peft cells stop past this time")
+    ap.add_argument("--hard-stop-s", type=float, default=500.0, help="native scenarios not started past this time")
+    ap.add_argument("--backends", default="native-fused,native-addmm,hf-peft")
+    ap.add_argument("--requests", type=int, default=30)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--render", type=Path, help="only print the table of an earlier run's serve_gpu.json")
     args = ap.parse_args()
+    if args.render:
+        print(render(json.loads(args.render.read_text())))
+        return
+    args.backends = args.backends.split(",")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    t_start = time.perf_counter()
+    dtype = torch.bfloat16
     cfg, model = build(args.tiny, device)
     tmp = Path(tempfile.mkdtemp())
     dirs = [random_adapter(cfg, tmp / f"a{i}", seed=100 + i) for i in range(8)]
     loras = [load_lora(d) for d in dirs]
     gen = np.random.default_rng(0)
-    prompts = [gen.integers(3, cfg.vocab_size, size=128).tolist() for _ in range(32)]
-    n_new = 64
-    batch_sizes = [1, 2, 4, 8, 16]
-    hf_batches = [1, 4, 16]
-    hf_scenarios = ["base", "merged", "unmerged-1", "multi-2"] if not args.tiny else SCENARIOS
+    prompts = [gen.integers(3, cfg.vocab_size, size=args.prompt_len).tolist() for _ in range(48)]
+    gate_prompts = [gen.integers(3, cfg.vocab_size, size=args.prompt_len).tolist() for _ in range(8)]
+    log(f"model and 8 adapters built on {device}")
+    checks = None
+    if device == "cuda" and "native-fused" in args.backends:  # compile + tune every fused kernel once, up front
+        from lorascope.serve.lora_tuning import prepare
 
-    fp32 = check_fp32(model, loras, dirs, prompts[:4], device, 8)
-    print("fp32 correctness (native vs per-row PEFT reference, 4 prompts, 8 tokens):", fp32, flush=True)
-    results: dict = {"native": {}, "hf-peft": {}}
+        hd = cfg.hidden_size // cfg.num_attention_heads
+        q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+        shapes = [((q, kv, kv), cfg.hidden_size), ((cfg.hidden_size,), q),
+                  ((cfg.intermediate_size, cfg.intermediate_size), cfg.hidden_size),
+                  ((cfg.hidden_size,), cfg.intermediate_size)]
+        errors = prepare({dtype: ([0, 16, 32, 64], True), torch.float32: ([0, 64], False)}, shapes,
+                         torch.device(device))
+        log(f"fused kernels compiled and tuned ({len(errors)} compile errors{': ' + errors[0] if errors else ''})")
+        try:
+            checks = kernel_check(shapes, dtype, device)
+        except Exception as exc:
+            traceback.print_exc()
+            checks = [{"error": f"{type(exc).__name__}: {exc}"[:500]}]
+        log(f"fused kernel vs PyTorch reference, mixed 8-adapter batch (err/bound ≤ 1 when correct): {checks}")
+    reference = Reference(model, [str(d) for d in dirs], eos_id=None, device=device)
+    pairs = {(tuple(gate_prompts[g % 8]), a) for g in range(16) for a in
+             [None, 0] + [g % k for k in (2, 4, 8)]}
+    reference.prefetch(sorted(pairs, key=str), args.new_tokens)
+    log(f"fp32 reference: {len(pairs)} (prompt, adapter) greedy outputs")
     model_bf = copy.deepcopy(model).to(dtype)
-    for sc in SCENARIOS:
-        eng = native_engine(model_bf, sc, loras, dtype, device, n_new)
-        for b in batch_sizes:
-            results["native"][(sc, b)] = time_cell(eng, sc, prompts, b, n_new, 2, max(3, math.ceil(32 / b)))
-        eng.close()
-        print(f"[{time.perf_counter() - t_start:6.1f}s] native {sc} done", flush=True)
-    agree = {}
-    for sc in hf_scenarios:
-        if time.perf_counter() - t_start > args.budget_s:
-            print(f"budget reached: hf-peft {sc} skipped", flush=True)
-            continue
-        eng = hf_engine(model_bf, sc, dirs, dtype, device)
-        for b in hf_batches:
-            results["hf-peft"][(sc, b)] = r = time_cell(eng, sc, prompts, b, n_new, 1, 2)
-            nat = results["native"][(sc, b)]["first_tokens"]
-            agree[(sc, b)] = float(np.mean([x[:4] == y[:4] for x, y in zip(r["first_tokens"], nat)]))
-        eng.close()
-        print(f"[{time.perf_counter() - t_start:6.1f}s] hf-peft {sc} done", flush=True)
-    report(results, agree, fp32, args.out, device, batch_sizes)
-
-
-def report(results, agree, fp32, out: Path, device, batch_sizes) -> None:
-    import transformers
-    import peft
-
-    lines = [f"device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
-             f"transformers {transformers.__version__}, peft {peft.__version__}",
-             "backend | scenario | batch | p95 e2e ms | ms/token (p50 TPOT) | tok/s | p95 overhead vs merged"]
-    for backend, cells in results.items():
-        for (sc, b), r in sorted(cells.items(), key=lambda kv: (SCENARIOS.index(kv[0][0]), kv[0][1])):
-            ref = cells.get(("merged", b))
-            ovh = f"{r['p95_e2e_s'] / ref['p95_e2e_s'] - 1:+.1%}" if ref and sc != "merged" else ""
-            lines.append(f"{backend} | {sc} | {b} | {r['p95_e2e_s'] * 1e3:.1f} | {r['p50_tpot_ms']:.2f} | "
-                         f"{r['tok_s']:.0f} | {ovh}")
-    lines.append(f"bf16 first-4-token agreement native vs hf-peft (fraction of rows): "
-                 f"{ {f'{k[0]}/b{k[1]}': v for k, v in agree.items()} }")
-    lines.append(f"fp32 correctness: {fp32}")
-    out.mkdir(parents=True, exist_ok=True)
-    serial = {be: {f"{sc}/b{b}": {k: v for k, v in r.items() if k != 'first_tokens'} for (sc, b), r in c.items()}
-              for be, c in results.items()}
-    (out / "serve_gpu.json").write_text(json.dumps({"results": serial, "fp32": fp32,
-                                                    "agree": {f"{k[0]}/b{k[1]}": v for k, v in agree.items()}}, indent=1))
-    print("\n".join(lines), flush=True)
+    results = {"cells": [], "config": vars(args) | {"out": str(args.out)}, "device": device,
+               "kernel_check": checks}
+    run_native(args, model, model_bf, loras, reference, prompts, gate_prompts, device, dtype, results)
+    if "hf-peft" in args.backends:
+        run_hf(args, model_bf, dirs, reference, prompts, gate_prompts, device, dtype, results)
+    print(save(args, results, final=True), flush=True)
+    log(f"done; wrote {args.out}/serve_gpu.md and serve_gpu.json")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -11,9 +12,41 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# The fused LoRA kernel (serve/lora_kernel.py) is tested on CPU under Triton's interpreter, which Triton reads
+# when a kernel is defined — before transformers/peft import triton — so it is set here, unless a GPU exists
+# (or vLLM is installed: its own venv runs only its own tests, and its Triton kernels stay untouched).
+if not any(Path("/dev").glob("nvidia[0-9]*")) and importlib.util.find_spec("vllm") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def triton_device():
+    """Where Triton kernels run in tests: the GPU, or the CPU under the interpreter. Triton 3.6's interpreter
+    turns loop bounds into ints with ``int(<1-element array>)``, an error since numpy 2.4
+    (triton-lang/triton#9171, fixed upstream by squeezing first); the same fix is patched in for the session."""
+    import torch
+
+    if torch.cuda.is_available():
+        yield torch.device("cuda")
+        return
+    from lorascope.serve import lora_kernel
+
+    if not lora_kernel.interpreting():
+        pytest.fail("no GPU and TRITON_INTERPRET is not 1: the Triton kernel cannot run here")
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    interpreter._patch_lang_tensor = patched
+    yield torch.device("cpu")
+    interpreter._patch_lang_tensor = original
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Serving backends on the tiny pretrained stories260k with seeded random NONZERO adapters (§10 correctness).
 
-Every backend must reproduce the fp32 transformers + PEFT greedy tokens, mixed batches row by row, and the
-gate must catch a deliberately wrong engine.
+Every backend must reproduce the fp32 transformers + PEFT greedy tokens, mixed batches row by row (both decode
+paths of the native engine, and its Triton kernel under the interpreter); in bf16, the teacher-forced logits
+gate must pass a correct engine and catch a deliberately wrong one.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 
 from lorascope.serve.adapters import load_lora, perturbed_copy, random_adapter
 from lorascope.serve.correctness import Reference, check_backend, first_mismatch
+from lorascope.serve.gate import TAU_MAX, TAU_RMS, deviation, gate_cell, teacher_forced_gate
 from lorascope.serve.hf_peft import HFPeftBackend
 from lorascope.serve.native import NativeBackend
 
@@ -57,14 +59,14 @@ def test_random_adapters_are_nonzero_and_change_outputs(hf_model, adapters, prom
     assert tuned[0] != tuned[1] != tuned[2]
 
 
-@pytest.mark.parametrize("stop", [False, True])
-def test_native_matches_reference_every_scenario(hf_model, adapters, prompts, reference, stop):
+@pytest.mark.parametrize("decode,stop", [("fused", False), ("fused", True), ("addmm", False)])
+def test_native_matches_reference_every_scenario(hf_model, adapters, prompts, reference, decode, stop):
     loras = [load_lora(a) for a in adapters]
     n = len(prompts)
-    cases = [(_native(hf_model), None, [None] * n),
-             (_native(hf_model, merge=loras[0]), None, [0] * n),
-             (_native(hf_model, adapters=loras[:1]), [0] * n, [0] * n),
-             (_native(hf_model, adapters=loras), [0, 1, 2, None], [0, 1, 2, None])]
+    cases = [(_native(hf_model, decode=decode), None, [None] * n),
+             (_native(hf_model, merge=loras[0], decode=decode), None, [0] * n),
+             (_native(hf_model, adapters=loras[:1], decode=decode), [0] * n, [0] * n),
+             (_native(hf_model, adapters=loras, decode=decode), [0, 1, 2, None], [0, 1, 2, None])]
     for engine, ids, ref_ids in cases:
         assert check_backend(engine, reference, prompts, ids, ref_ids, NEW, stop) is None
 
@@ -77,6 +79,91 @@ def test_native_mixed_rows_equal_single_adapter_runs(hf_model, adapters, prompts
         assert mixed[row] == engine.generate([p], [a], NEW, False).tokens[0]
 
 
+def test_native_triton_kernel_end_to_end(hf_model, adapters, prompts, reference, triton_device):
+    """The engine's decode through the Triton kernel itself (interpreted on CPU): mixed adapters, exact fp32
+    tokens. Few tokens: the interpreter runs every program of 20 kernels per step in Python."""
+    loras = [load_lora(a) for a in adapters]
+    engine = NativeBackend(hf_model, adapters=loras, eos_id=EOS, max_prompt=32, max_new=3, device=triton_device,
+                           use_triton=True, tune=False)
+    ids = [2, None, 0, 1]
+    assert check_backend(engine, reference, prompts, ids, ids, 3, False) is None
+    assert all(g.configs for layer in engine.model.layers for g in layer.groups.values())  # the kernel ran
+
+
+def test_forced_logits_align_with_the_reference_in_fp32(hf_model, adapters, prompts, reference):
+    """Teacher forcing through the decode loop predicts the same positions as one reference forward: in fp32
+    the two differ only by summation order (≪ 1e-4 of the logits' scale), an off-by-one position by O(1)."""
+    loras = [load_lora(a) for a in adapters]
+    ids = [1, None, 2, 0]
+    forced = [reference.one(p, a, NEW, False) for p, a in zip(prompts, ids)]
+    for decode in ("fused", "addmm"):
+        got = _native(hf_model, adapters=loras, decode=decode).forced_logits(prompts, ids, forced)
+        assert got.shape == (4, NEW, hf_model.config.vocab_size)
+        for i, (p, a) in enumerate(zip(prompts, ids)):
+            want = reference.forced(p, a, forced[i])
+            rms, mx = deviation(got[i], want)
+            assert mx <= 1e-4 * float(want.abs().max()), (decode, i, mx)
+            assert torch.equal(want.argmax(-1), torch.tensor(forced[i]))  # the reference's own greedy tokens
+
+
+@pytest.mark.parametrize("decode", ["fused", "addmm"])
+def test_bf16_gate_passes_the_engine_and_fails_a_swapped_slot(hf_model, adapters, prompts, reference, decode):
+    """§10's gate of the timed engine: bf16, teacher-forced logits vs fp32, relative to bf16 transformers+PEFT."""
+    loras = [load_lora(a) for a in adapters]
+    ids = [0, 1, 2, None]
+    right = NativeBackend(hf_model, adapters=loras, dtype=torch.bfloat16, eos_id=EOS, max_prompt=32, max_new=NEW,
+                          decode=decode)
+    ok = teacher_forced_gate(right, reference, prompts, ids, ids, NEW, torch.bfloat16)
+    assert ok.passed and ok.reason is None, ok.reason
+    assert ok.worst_rms_ratio < 0.75 * TAU_RMS and all(r["scale_rms"] > 0 for r in ok.rows)
+    wrong = NativeBackend(hf_model, adapters=[loras[1], loras[0], loras[2]], dtype=torch.bfloat16, eos_id=EOS,
+                          max_prompt=32, max_new=NEW, decode=decode)
+    bad = teacher_forced_gate(wrong, reference, prompts, ids, ids, NEW, torch.bfloat16)
+    assert not bad.passed and bad.reason.startswith("teacher-forced logits, row 0 (adapter 0)")
+    assert bad.worst_rms_ratio > 4 * TAU_RMS and bad.worst_max_ratio > 4 * TAU_MAX  # far outside, not marginal
+    assert [r["rms_ratio"] <= TAU_RMS for r in bad.rows] == [False, False, True, True]  # rows 2, 3 unaffected
+
+
+def test_gate_cell_covers_every_adapter_at_batch_one(hf_model, adapters, prompts, reference):
+    loras = [load_lora(a) for a in adapters]
+    engine = NativeBackend(hf_model, adapters=loras, dtype=torch.bfloat16, eos_id=EOS, max_prompt=32, max_new=4)
+    res = gate_cell(engine, reference, prompts, 3, 1, 4, torch.bfloat16)
+    assert res.passed and [r["adapter"] for r in res.rows] == [0, 1, 2]
+    merged = NativeBackend(hf_model, merge=loras[0], dtype=torch.bfloat16, eos_id=EOS, max_prompt=32, max_new=4)
+    res = gate_cell(merged, reference, prompts, 0, 2, 4, torch.bfloat16, merged=True)
+    assert res.passed and [r["adapter"] for r in res.rows] == [0, 0]
+
+
+def test_benchmark_gates_the_timed_bf16_engine(hf_model, adapters, prompts, monkeypatch):
+    """A bug only the timed bf16 engine has (its routing swaps adapters 0 and 1 when two or more are resident)
+    passes the fp32 greedy-token gate, fails the teacher-forced gate, and its cells are failed, not timed."""
+    import copy
+
+    from lorascope.serve.bench import BenchSettings, run_benchmark
+    from lorascope.serve.engines import EngineSpec
+    from lorascope.serve.native_model import NativeLlama
+
+    real = NativeLlama.routing
+
+    def bf16_only_bug(self, slots):
+        if self.dtype == torch.bfloat16 and self.k >= 2:
+            slots = [{1: 2, 2: 1}.get(s, s) for s in slots]
+        return real(self, slots)
+
+    monkeypatch.setattr(NativeLlama, "routing", bf16_only_bug)
+    spec = EngineSpec(load_hf=lambda: copy.deepcopy(hf_model), model_dir=None, device=torch.device("cpu"),
+                      dtype=torch.bfloat16, eos_id=EOS, pad_id=0, max_prompt=32, max_new=4)
+    gate_spec = EngineSpec(**{**spec.__dict__, "dtype": torch.float32, "cuda_graphs": False})
+    settings = BenchSettings(backends=["native"], scenarios=["unmerged-1", "multi-2"], batch_sizes=[2],
+                             output_modes=["fixed"], new_tokens=4, requests=2, warmup=0, correctness_prompts=2)
+    out = run_benchmark(settings, spec, adapters, prompts, prompts[:2], gate_spec=gate_spec)
+    cells = {c["scenario"]: c for c in out["cells"]}
+    assert out["correctness"] == {"native/unmerged-1": "passed", "native/multi-2": "passed"}  # fp32: fine
+    assert cells["unmerged-1"]["status"] == "ok" and out["correctness_forced"]["native/unmerged-1/b2"]["passed"]
+    assert cells["multi-2"]["status"] == "failed" and not cells["multi-2"]["requests"]
+    assert "teacher-forced logits, row 0 (adapter 0)" in cells["multi-2"]["reason"]
+
+
 def test_hf_peft_mixed_batch_matches_reference(hf_model, adapters, prompts, reference):
     import copy
 
@@ -84,6 +171,8 @@ def test_hf_peft_mixed_batch_matches_reference(hf_model, adapters, prompts, refe
     assert check_backend(engine, reference, prompts, [1, 0, None, 2], [1, 0, None, 2], NEW, False) is None
     merged = HFPeftBackend(copy.deepcopy(hf_model), adapter_dirs=adapters[:1], merge=True, eos_id=EOS)
     assert check_backend(merged, reference, prompts, None, [0] * 4, NEW, True) is None
+    bf16 = HFPeftBackend(copy.deepcopy(hf_model), adapter_dirs=adapters, dtype=torch.bfloat16, eos_id=EOS)
+    assert teacher_forced_gate(bf16, reference, prompts, [1, 0, None, 2], [1, 0, None, 2], NEW, torch.bfloat16).passed
 
 
 def test_gate_catches_a_swapped_adapter_slot(hf_model, adapters, prompts, reference):
@@ -112,6 +201,20 @@ def test_perturbed_copy_is_seeded_and_relative(adapters, tmp_path):
         assert torch.equal(la.pairs[key][0], lb.pairs[key][0])
         rel = (la.pairs[key][1] - sb).norm() / sb.norm()
         assert 0.05 < rel < 0.2
+
+
+def test_reference_prefetch_equals_one_by_one(hf_model, adapters, reference):
+    """Batched reference generation (rows of one adapter and one length, no padding) gives the same tokens."""
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 500, (6,), generator=gen).tolist() for _ in range(4)]
+    pairs = [(p, a) for p in prompts for a in (None, 1)]
+    batched = Reference(hf_model, adapters, eos_id=EOS)
+    calls, generate = [], batched.model.generate
+    batched.model.generate = lambda **kw: calls.append(kw["input_ids"].shape) or generate(**kw)
+    batched.prefetch(pairs, NEW)
+    got = [batched.one(p, a, NEW, False) for p, a in pairs]
+    assert calls == [(4, 6), (4, 6)]  # one batch per adapter; ``one`` then only reads the cache
+    assert got == [reference.one(p, a, NEW, False) for p, a in pairs]
 
 
 def test_first_mismatch_reports_position():

@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-import torch
 import typer
 from typer.testing import CliRunner
 
@@ -44,15 +43,15 @@ def served(results, model_dir, data_dir):
                              "serve.scenarios=[base,merged,unmerged-1,multi-2,multi-4]", "serve.batch_sizes=[3]",
                              "serve.new_tokens=4", "serve.requests=3", "serve.warmup=0", "serve.correctness_prompts=2",
                              "tracking.wandb=disabled"])
-    real = NativeLlama.slot_masks
+    real = NativeLlama.routing
 
-    def swapped_when_k4(self, slot_ids):  # a deliberately wrong engine: multi-4 routes every row to slot+1
+    def swapped_when_k4(self, slots):  # a deliberately wrong engine: multi-4 routes every row to slot+1
         if self.k == 4:
-            slot_ids = torch.where(slot_ids > 0, slot_ids % 4 + 1, slot_ids)
-        return real(self, slot_ids)
+            slots = [s % 4 + 1 if s > 0 else s for s in slots]
+        return real(self, slots)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(NativeLlama, "slot_masks", swapped_when_k4)
+    mp.setattr(NativeLlama, "routing", swapped_when_k4)
     try:
         from lorascope.serve.stage import run_serve_stage
 

@@ -19,6 +19,7 @@ import torch
 
 from lorascope.serve.correctness import Reference, check_backend
 from lorascope.serve.engines import EngineSpec, Started, adapters_needed, start_engine
+from lorascope.serve.gate import gate_cell
 from lorascope.serve.timing import memory_snapshot, request_records, reset_peak, summarize
 from lorascope.serve.types import ServeError
 
@@ -67,6 +68,17 @@ def _gate(started: Started, scenario: str, reference: Reference, prompts: list[l
     return None
 
 
+def _forced_gate(started: Started, scenario: str, reference: Reference, prompts: list[list[int]], b: int,
+                 new_tokens: int, dtype: torch.dtype) -> dict | None:
+    """Teacher-forced logits of the timed low-precision engine at batch size b (its own graph), or None when
+    the backend cannot return logits (vLLM) or the engine is fp32 (its greedy tokens are the gate)."""
+    if dtype == torch.float32 or not hasattr(started.backend, "forced_logits"):
+        return None
+    k = 0 if scenario in ("base", "merged") else adapters_needed(scenario)
+    return gate_cell(started.backend, reference, prompts, k, b, new_tokens, dtype,
+                     merged=scenario == "merged").summary()
+
+
 def time_cell(started: Started, scenario: str, prompts: list[list[int]], b: int, mode: str,
               s: BenchSettings, device: torch.device) -> dict:
     """Warm up, then time ⌈requests/b⌉ batches; returns the cell's requests, summary and memory."""
@@ -101,13 +113,14 @@ def run_benchmark(s: BenchSettings, spec: EngineSpec, pool: list[Path], prompts:
                   skip: dict[str, str] | None = None, progress: Progress = None) -> dict:
     """All cells plus per-(backend, scenario) engine start and adapter load times.
 
-    ``gate_spec``: the fp32 engine spec the correctness gate runs on when ``spec`` is not fp32 (bf16 rounding
-    legitimately changes greedy tokens; the gate checks adapter routing, cache and graphs, §10).
+    ``gate_spec``: the fp32 engine spec the greedy-token gate runs on when ``spec`` is not fp32 (bf16 rounding
+    legitimately changes greedy tokens); the timed low-precision engine itself is then gated per batch size by
+    teacher-forced logits (``gate.py``; ``correctness_forced``), where the backend can return logits.
     ``skip``: backend → reason (e.g. vLLM not installed): its cells are recorded as ``skipped``."""
     skip = skip or {}
     reference = Reference(spec.load_hf(), [str(p) for p in pool[: max(map(adapters_needed, s.scenarios))]],
                           eos_id=spec.eos_id, device="cpu")
-    cells, start_s, load_s, gates = [], {}, {}, {}
+    cells, start_s, load_s, gates, forced = [], {}, {}, {}, {}
     grid = [(b, m) for b in s.batch_sizes for m in s.output_modes]
     for backend in s.backends:
         for scenario in s.scenarios:
@@ -139,6 +152,17 @@ def run_benchmark(s: BenchSettings, spec: EngineSpec, pool: list[Path], prompts:
             for b, mode in grid:
                 if progress:
                     progress(f"{backend} {scenario}: batch {b}, {mode}")
+                key = f"{backend}/{scenario}/b{b}"
+                if key not in forced:
+                    try:
+                        forced[key] = _forced_gate(started, scenario, reference, gate_prompts, b, s.new_tokens,
+                                                   spec.dtype)
+                    except (ServeError, RuntimeError) as exc:
+                        forced[key] = {"passed": False, "reason": f"gate failed to run: {type(exc).__name__}: {exc}"}
+                if forced[key] is not None and not forced[key]["passed"]:
+                    reason = f"correctness gate: {forced[key]['reason']}"
+                    cells.append(_cell(backend, scenario, b, mode, "failed", reason))
+                    continue
                 try:
                     cells.append(_cell(backend, scenario, b, mode, "ok",
                                        **time_cell(started, scenario, prompts, b, mode, s, spec.device)))
@@ -148,4 +172,5 @@ def run_benchmark(s: BenchSettings, spec: EngineSpec, pool: list[Path], prompts:
             del started
             if spec.device.type == "cuda":
                 torch.cuda.empty_cache()
-    return {"cells": cells, "engine_start_s": start_s, "adapter_load_s": load_s, "correctness": gates}
+    return {"cells": cells, "engine_start_s": start_s, "adapter_load_s": load_s, "correctness": gates,
+            "correctness_forced": {k: v for k, v in forced.items() if v is not None}}

@@ -1,6 +1,9 @@
 """Correctness before speed (§10): a cell is timed only if its greedy outputs equal the fp32 transformers +
 PEFT reference on fixed prompts. The reference of a row is the single-adapter PEFT result for that row's
-adapter (or the bare model for a row without one), generated one prompt at a time (no padding)."""
+adapter (or the bare model for a row without one), generated one prompt at a time (no padding).
+
+The reference also gives teacher-forced logits (one forward over prompt + tokens) in fp32 and in a low
+precision (bf16): the inputs of the teacher-forced gate of a bf16 engine (``gate.py``)."""
 
 from __future__ import annotations
 
@@ -28,6 +31,36 @@ class Reference:
                 model.load_adapter(str(path), adapter_name=name, is_trainable=False)
         self.model = model
         self._cache: dict[tuple, list[int]] = {}
+        self._low: dict[torch.dtype, object] = {}  # the same PEFT model cast to a lower precision, made on demand
+        self._logits: dict[tuple, torch.Tensor] = {}
+
+    def _select(self, model, adapter: int | None):
+        """A context in which ``model`` computes with ``adapter`` (None: the bare model)."""
+        import contextlib
+
+        if adapter is None and self.names:
+            return model.disable_adapter()
+        if self.names:
+            model.set_adapter(self.names[adapter])
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def forced(self, prompt: Sequence[int], adapter: int | None, tokens: Sequence[int],
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Logits (n, vocab), float32, that predict ``tokens`` one by one given the prompt and the tokens before
+        (teacher forcing: one forward, no padding), computed by transformers + PEFT in ``dtype``."""
+        key = (tuple(prompt), adapter, tuple(tokens), dtype)
+        if key not in self._logits:
+            model = self.model
+            if dtype != torch.float32:
+                if dtype not in self._low:
+                    self._low[dtype] = copy.deepcopy(self.model).to(dtype)
+                model = self._low[dtype]
+            ids = torch.tensor([list(prompt) + list(tokens[:-1])], device=self.device)
+            with self._select(model, adapter):
+                logits = model(input_ids=ids).logits[0, len(prompt) - 1:]
+            self._logits[key] = logits.float()
+        return self._logits[key]
 
     @torch.inference_mode()
     def one(self, prompt: Sequence[int], adapter: int | None, max_new: int, stop_at_eos: bool) -> list[int]:
@@ -40,15 +73,34 @@ class Reference:
             cfg = GenerationConfig(max_new_tokens=max_new, do_sample=False, num_beams=1, pad_token_id=0,
                                    eos_token_id=stop_token(self.model, self.eos_id, stop_at_eos))
             ids = torch.tensor([list(prompt)], device=self.device)
-            if adapter is None and self.names:
-                with self.model.disable_adapter():
-                    out = self.model.generate(input_ids=ids, generation_config=cfg)
-            else:
-                if self.names:
-                    self.model.set_adapter(self.names[adapter])
+            with self._select(self.model, adapter):
                 out = self.model.generate(input_ids=ids, generation_config=cfg)
             self._cache[key] = cut_at_eos(out[0, len(prompt):].tolist(), self.eos_id, stop_at_eos)
         return self._cache[key]
+
+
+    @torch.inference_mode()
+    def prefetch(self, pairs: Sequence[tuple[Sequence[int], int | None]], max_new: int) -> None:
+        """Fixed-length greedy outputs for many (prompt, adapter) pairs at once: the rows of one adapter and one
+        prompt length form one ``generate`` batch — no padding, so the same computation as one by one up to fp32
+        summation order in batched GEMMs (a GPU-time saving for large models; ``one`` then reads the cache)."""
+        from transformers import GenerationConfig
+
+        from lorascope.serve.types import stop_token
+
+        groups: dict[tuple, list[tuple[int, ...]]] = {}
+        for prompt, adapter in pairs:
+            if (tuple(prompt), adapter, max_new, False) not in self._cache:
+                groups.setdefault((adapter, len(prompt)), []).append(tuple(prompt))
+        cfg = GenerationConfig(max_new_tokens=max_new, do_sample=False, num_beams=1, pad_token_id=0,
+                               eos_token_id=stop_token(self.model, self.eos_id, False))
+        for (adapter, length), prompts in groups.items():
+            prompts = list(dict.fromkeys(prompts))
+            ids = torch.tensor([list(p) for p in prompts], device=self.device)
+            with self._select(self.model, adapter):
+                out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
+            for prompt, row in zip(prompts, out[:, length:].tolist()):
+                self._cache[(prompt, adapter, max_new, False)] = row
 
 
 def first_mismatch(got: Sequence[Sequence[int]], want: Sequence[Sequence[int]]) -> str | None:

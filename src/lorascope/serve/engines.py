@@ -55,6 +55,7 @@ class EngineSpec:
     cuda_graphs: bool = True
     merged_dir: Callable[[Path], Path] | None = None  # vllm merged: adapter folder → merged model folder
     seed: int = 0
+    native_decode: str = "fused"  # the native engine's decode path: "fused" (Triton) or "addmm" (serve/native_model.py)
 
 
 def _name(path: Path) -> str:
@@ -86,7 +87,8 @@ def _start_native(scenario: str, dirs: list[Path], names: list[str], spec: Engin
     merged = scenario == "merged"
     engine = NativeBackend(spec.load_hf(), adapters=None if merged else loras, merge=loras[0] if merged else None,
                            dtype=spec.dtype, device=spec.device, eos_id=spec.eos_id, pad_id=spec.pad_id,
-                           max_prompt=spec.max_prompt, max_new=spec.max_new, cuda_graphs=spec.cuda_graphs)
+                           max_prompt=spec.max_prompt, max_new=spec.max_new, cuda_graphs=spec.cuda_graphs,
+                           decode=spec.native_decode)
     return Started(engine, time.perf_counter() - t0, load_s, names)
 
 

@@ -89,5 +89,26 @@ class HFPeftBackend:
         times = clock.times
         return Generation(tokens=tokens, ttft_s=[times[0]] * bsz, e2e_s=[times[len(row) - 1] for row in tokens])
 
+    @torch.inference_mode()
+    def forced_logits(self, prompts: Sequence[Sequence[int]], adapter_ids: Sequence[int | None] | None,
+                      forced: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Teacher forcing (the correctness gate): one forward over prompt + forced tokens, left-padded, with the
+        rows' adapters (``adapter_names``, as ``generate`` routes them); (B, n, vocab) float32 logits, position
+        i predicting forced[:, i]."""
+        n = len(forced[0])
+        seqs = [list(p) + list(f[:-1]) for p, f in zip(prompts, forced)]
+        bsz, t = len(seqs), max(len(s) for s in seqs)
+        ids = torch.full((bsz, t), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((bsz, t), dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            ids[i, t - len(seq):] = torch.as_tensor(seq, dtype=torch.long)
+            mask[i, t - len(seq):] = 1
+        pos = (mask.cumsum(1) - 1).clamp(min=0)  # as generate does for left padding
+        names = self._row_names(adapter_ids, bsz)
+        kwargs = {"adapter_names": names} if names is not None else {}
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                         position_ids=pos.to(self.device), **kwargs)
+        return out.logits[:, t - n:].float()
+
     def close(self) -> None:
         self.model = None

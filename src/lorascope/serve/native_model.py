@@ -11,9 +11,12 @@ fused projections per layer — qkv, o, gate|up, down. LoRA for k resident adapt
 * expand: one in-place ``addmm_`` with the adapters' B stacked as (k·n·r, d_out) — block-diagonal over the
   group's modules, scaled by α/r — adds B·(mask⊙x·Aᵀ) into the base output.
 
-So a mixed batch costs two extra kernels per group, no per-adapter Python loop, and reads each resident
-adapter once per step (vs once per row for gathered per-row B). With one adapter and every row on it, the
-mask is skipped. Without adapters (``base``, ``merged``) no LoRA code runs at all.
+That is the ``addmm`` decode path (two extra kernels per group in a mixed batch, one with a single adapter on
+every row); prefill always takes it (large M: cuBLAS is the right tool there). The default ``fused`` decode
+path runs each projection as ONE Triton kernel (``lora_kernel.py``): base GEMV, shrink, per-row adapter
+selection and expansion in a single launch, so LoRA adds no launch at all; ``base``/``merged`` run the same
+kernel without its LoRA part, so their comparison isolates the adapter's cost. On CPU the fused path is its
+PyTorch reference (``fused_lora.reference_projection``). No per-adapter Python loop anywhere.
 """
 
 from __future__ import annotations
@@ -23,8 +26,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lorascope.serve import lora_kernel
 from lorascope.serve.adapters import LoraWeights
+from lorascope.serve.fused_lora import Routing, reference_projection, route
 from lorascope.serve.types import ServeError
+
+DECODE_PATHS = ("fused", "addmm")
 
 GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gu": ("gate_proj", "up_proj"),
           "down": ("down_proj",)}
@@ -32,12 +39,17 @@ GROUPS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gu": ("gate_
 
 @dataclass
 class Group:
-    """A fused projection: ``w`` = [W; A-stack] (d_out + k·n·r, d_in), ``b`` = B-stack (k·n·r, d_out) or None."""
+    """A fused projection: ``w`` = [W; A-stack] (d_out + k·n·r, d_in); ``b`` = block-diagonal B-stack
+    (k·n·r, d_out) for the addmm path and ``b_rows`` = the same B compactly, (k, r, d_out) — column j holds its
+    own module's B — for the fused kernel; both None without adapters. ``widths``: the modules' d_out."""
 
     w: torch.Tensor
     b: torch.Tensor | None
+    b_rows: torch.Tensor | None
     d_out: int
     n_mod: int
+    widths: tuple[int, ...]
+    configs: dict[int, lora_kernel.Config] | None = None  # the fused kernel's tiles per variant (prepare_kernels)
 
 
 @dataclass
@@ -56,12 +68,14 @@ def _hf_linear(layer, module: str) -> torch.Tensor:
 
 
 def _lora_stack(adapters: list[LoraWeights], li: int, modules: tuple[str, ...], shapes: list[tuple[int, int]]):
-    """A rows (k·n·r, d_in) and block-diagonal B (k·n·r, Σd_out), slot-major then module-major, B scaled."""
+    """A rows (k·n·r, d_in) and block-diagonal B (k·n·r, Σd_out), slot-major then module-major, B scaled by α/r;
+    and the compact B (k, r, Σd_out) = the block diagonal's non-zero blocks side by side."""
     r = adapters[0].r
     d_in = shapes[0][1]
     d_outs = [s[0] for s in shapes]
-    a_rows, b_rows = [], []
+    a_rows, b_rows, compact = [], [], []
     for ad in adapters:
+        per_module = []
         for mi, module in enumerate(modules):
             pair = ad.pairs.get((li, module))
             a = pair[0] if pair is not None else torch.zeros(r, d_in)  # module not adapted: a zero slot
@@ -71,18 +85,31 @@ def _lora_stack(adapters: list[LoraWeights], li: int, modules: tuple[str, ...], 
             block[:, off: off + d_outs[mi]] = b.T
             a_rows.append(a)
             b_rows.append(block)
-    return torch.cat(a_rows), torch.cat(b_rows)
+            per_module.append(b.T)
+        compact.append(torch.cat(per_module, dim=1))
+    return torch.cat(a_rows), torch.cat(b_rows), torch.stack(compact)
 
 
 class NativeLlama:
     """Weights + forward for prefill and one decode step. Not an ``nn.Module``: nothing here trains."""
 
     def __init__(self, hf_model, *, adapters: list[LoraWeights] | None = None, merge: LoraWeights | None = None,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", decode: str = "fused",
+                 use_triton: bool | None = None, tune: bool | None = None):
+        """``decode``: "fused" (one Triton kernel per projection) or "addmm" (the stacked-A GEMM, mask and
+        ``addmm_``). ``use_triton``: run the fused kernel (default: on CUDA; on CPU only under
+        ``TRITON_INTERPRET=1``, for tests) instead of its PyTorch reference. ``tune``: time a few tile shapes per
+        projection on first use (default: on CUDA for 16-bit dtypes) instead of the heuristic."""
+        if decode not in DECODE_PATHS:
+            raise ServeError(f"decode path {decode!r} is not one of {DECODE_PATHS}")
         cfg = hf_model.config
         if getattr(cfg, "model_type", None) != "llama":
             raise ServeError(f"the native engine serves Llama models; got model_type={cfg.model_type!r}")
         self.device, self.dtype = torch.device(device), dtype
+        self.decode = decode
+        self.use_triton = self.device.type == "cuda" if use_triton is None else use_triton
+        self.tune = (self.device.type == "cuda" and dtype != torch.float32) if tune is None else tune
+        self.workspace = lora_kernel.Workspace(self.device)
         self.d = cfg.hidden_size
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or self.d // self.n_heads
@@ -109,16 +136,17 @@ class NativeLlama:
                 w = _hf_linear(layer, module)
                 if merge is not None and (li, module) in merge.pairs:  # merged: W + (α/r)·B·A, in fp32
                     a, b = merge.pairs[(li, module)]
-                    w = w + merge.scaling * (b @ a).to(w.device)
+                    w = w + merge.scaling * (b.to(w.device) @ a.to(w.device))
                 ws.append(w)
             w = torch.cat(ws)
-            b_stack = None
+            b_stack = b_rows = None
             if self.adapters:
-                a_stack, b_stack = _lora_stack(self.adapters, li, modules, [tuple(x.shape) for x in ws])
+                a_stack, b_stack, b_rows = _lora_stack(self.adapters, li, modules, [tuple(x.shape) for x in ws])
                 w = torch.cat([w, a_stack.to(w.device)])
-                b_stack = b_stack.to(**to).contiguous()
-            groups[gname] = Group(w=w.to(**to).contiguous(), b=b_stack, d_out=sum(x.shape[0] for x in ws),
-                                  n_mod=len(modules))
+                b_stack, b_rows = b_stack.to(**to).contiguous(), b_rows.to(**to).contiguous()
+            groups[gname] = Group(w=w.to(**to).contiguous(), b=b_stack, b_rows=b_rows,
+                                  d_out=sum(x.shape[0] for x in ws), n_mod=len(modules),
+                                  widths=tuple(x.shape[0] for x in ws))
         return Layer(ln1=layer.input_layernorm.weight.detach().to(**to),
                      ln2=layer.post_attention_layernorm.weight.detach().to(**to), groups=groups)
 
@@ -136,19 +164,16 @@ class NativeLlama:
         self.max_pos = max_pos
 
     # ----- building blocks -------------------------------------------------------------------------------
-    def slot_masks(self, slot_ids: torch.Tensor) -> dict[int, torch.Tensor] | None:
-        """One-hot masks (rows, k·n·r) for n = 1, 2, 3 modules per group; slot 0 = no adapter (all zeros).
-        None when no mask is needed (no adapters, or one adapter used by every row)."""
+    def routing(self, slots: list[int]) -> Routing | None:
+        """Per-row adapter routing for engine slot ids (0 = no adapter, a + 1 = adapter a); None without adapters.
+        The one place rows meet adapters: both decode paths and prefill read what this returns."""
         if not self.k:
             return None
-        if self.k == 1 and bool((slot_ids == 1).all()):
-            return None
-        onehot = F.one_hot(slot_ids.long(), self.k + 1)[:, 1:].to(self.dtype)  # drop slot 0 ("no adapter")
-        r = self.adapters[0].r
-        return {n: onehot.repeat_interleave(n * r, dim=1).contiguous() for n in (1, 2, 3)}
+        return route(slots, self.k, self.adapters[0].r, self.dtype, self.device)
 
     @staticmethod
     def project(x: torch.Tensor, g: Group, masks: dict[int, torch.Tensor] | None) -> torch.Tensor:
+        """The addmm path: [W; A] GEMM, mask, in-place ``addmm_`` of the expansion."""
         y = F.linear(x, g.w)
         if g.b is None:
             return y
@@ -156,6 +181,44 @@ class NativeLlama:
         if masks is not None:
             h = h * masks[g.n_mod]
         return base.addmm_(h, g.b)  # in place on the strided view: no extra add kernel
+
+    def project_fused(self, x: torch.Tensor, g: Group, routing: Routing | None) -> torch.Tensor:
+        """The fused path: one kernel (or its PyTorch reference) for base + every row's own adapter."""
+        w = g.w[: g.d_out]  # [W; A] is contiguous, so are both views
+        lora = None
+        if g.b_rows is not None and routing is not None:
+            lora = (g.w[g.d_out:], g.b_rows, routing.row_lora, routing.lora_ids, self.adapters[0].r)
+        if not self.use_triton:
+            return reference_projection(x, w, g.widths, lora)
+        v = lora_kernel.variant(lora[3].numel() if lora is not None else 0, self.r, self.dtype)
+        if g.configs is None or v not in g.configs:
+            self.prepare_kernels()
+        return lora_kernel.fused_lora_linear(x, w, g.widths, g.configs[v], self.workspace, lora)
+
+    @property
+    def r(self) -> int:
+        return self.adapters[0].r if self.k else 1
+
+    def prepare_kernels(self) -> list[str]:
+        """Choose every fused projection's tiles per variant this engine can launch (no LoRA, or the LoRA column
+        counts of U = 1..k distinct adapters) — tuned on CUDA for 16-bit dtypes, else the heuristic —
+        and compile them now, so that nothing compiles inside a timed call or a graph capture."""
+        if self.decode != "fused" or not self.use_triton:
+            return []
+        from lorascope.serve.lora_tuning import configs_for
+
+        shapes = list(dict.fromkeys((g.widths, g.w.shape[1]) for g in self.layers[0].groups.values()))
+        counts = range(1, self.k + 1) if self.k else [0]
+        variants = sorted({lora_kernel.variant(u, self.r, self.dtype) for u in counts})
+        configs = configs_for(shapes, variants, self.dtype, self.device, r=self.r, tune=self.tune)
+        by_shape = {s: {v: configs[(s, v)] for v in variants} for s in shapes}
+        for layer in self.layers:
+            for g in layer.groups.values():
+                g.configs = by_shape[(g.widths, g.w.shape[1])]
+        if self.device.type != "cuda":
+            return []
+        return lora_kernel.precompile([(s[0], s[1], self.dtype, configs[(s, v)], -(-v // self.r) if v else 0, self.r)
+                                       for s in shapes for v in variants], processes=1)
 
     def rope(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """qk (B, T, heads, hd); cos/sin (B, T, 1, hd)."""
@@ -165,24 +228,35 @@ class NativeLlama:
 
     # ----- forward ---------------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: "KVCache", write_at: torch.Tensor | int,
-                attn_mask: torch.Tensor, masks: dict[int, torch.Tensor] | None) -> torch.Tensor:
+                attn_mask: torch.Tensor, routing: Routing | None, logits_out: torch.Tensor | None = None,
+                ) -> torch.Tensor:
         """tokens/positions (B, T); writes K/V at cache columns [write_at, write_at + T) (an int slice for
-        prefill, a 1-element tensor for a decode step); returns greedy next tokens (B,) of the last position.
+        prefill, a 1-element tensor for a decode step); returns the logits (B, vocab) of the last position,
+        written into ``logits_out`` when given (a graph's static buffer).
 
         ``attn_mask`` is boolean, (B, 1, T, T) for prefill (attends to the fresh K/V) or (B, 1, 1, S) for a
-        decode step (attends to the whole cache of S columns)."""
+        decode step (attends to the whole cache of S columns). ``routing``: from ``routing()`` (None only for an
+        engine without adapters)."""
+        if self.k and routing is None:
+            raise ServeError("an engine with adapters needs a routing (rows without an adapter: slot 0)")
         bsz, t = tokens.shape
         h_, kv_, hd = self.n_heads, self.n_kv, self.head_dim
         x = F.embedding(tokens.reshape(-1), self.embed)
+        decode = not isinstance(write_at, int)
+        fused = decode and self.decode == "fused"
+        masks = routing.masks if routing is not None else None
         if masks is not None and t > 1:
             masks = {n: m.repeat_interleave(t, dim=0) for n, m in masks.items()}
+
+        def project(inp: torch.Tensor, g: Group) -> torch.Tensor:
+            return self.project_fused(inp, g, routing) if fused else self.project(inp, g, masks)
+
         cos = self.cos[positions].unsqueeze(2)
         sin = self.sin[positions].unsqueeze(2)
-        decode = not isinstance(write_at, int)
         for li, layer in enumerate(self.layers):
             g = layer.groups
             hidden = F.rms_norm(x, (self.d,), layer.ln1, self.eps)
-            qkv = self.project(hidden, g["qkv"], masks)
+            qkv = project(hidden, g["qkv"])
             qk = self.rope(qkv[:, : (h_ + kv_) * hd].reshape(bsz, t, h_ + kv_, hd), cos, sin)
             q = qk[:, :, :h_].transpose(1, 2)
             k = qk[:, :, h_:].transpose(1, 2)
@@ -195,13 +269,14 @@ class NativeLlama:
                 cache.k[li][:, :, write_at: write_at + t].copy_(k)
                 cache.v[li][:, :, write_at: write_at + t].copy_(v)
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=kv_ != h_)
-            x = x + self.project(attn.transpose(1, 2).reshape(bsz * t, h_ * hd), g["o"], masks)
+            x = x + project(attn.transpose(1, 2).reshape(bsz * t, h_ * hd), g["o"])
             hidden = F.rms_norm(x, (self.d,), layer.ln2, self.eps)
-            gu = self.project(hidden, g["gu"], masks)
-            x = x + self.project(F.silu(gu[:, : self.inter]) * gu[:, self.inter:], g["down"], masks)
-        last = x.reshape(bsz, t, self.d)[:, -1]
-        logits = F.linear(F.rms_norm(last, (self.d,), self.norm, self.eps), self.lm_head)
-        return logits.argmax(dim=-1)
+            gu = project(hidden, g["gu"])
+            x = x + project(F.silu(gu[:, : self.inter]) * gu[:, self.inter:], g["down"])
+        last = F.rms_norm(x.reshape(bsz, t, self.d)[:, -1], (self.d,), self.norm, self.eps)
+        if logits_out is None:
+            return F.linear(last, self.lm_head)
+        return torch.mm(last, self.lm_head.t(), out=logits_out)
 
 
 class KVCache:
