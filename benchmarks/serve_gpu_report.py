@@ -1,4 +1,7 @@
-"""Helpers of ``serve_gpu.py``: a per-kernel profile of one decode step, overheads with bootstrap CIs, the table."""
+"""Helpers of ``serve_gpu.py``: a per-kernel profile of one decode step, overheads with bootstrap CIs, the table.
+
+Bundle (benchmarks/gpu_site.sh, docs/gpu.md): NOT needed (imported by ``serve_gpu.py``, never run alone).
+"""
 
 from __future__ import annotations
 
