@@ -133,6 +133,9 @@ def test_collapse_checks_by_hand(model_dir, tokenizer):
         model.lm_head.weight.zero_()  # logits 0 everywhere: the uniform distribution
     flat = output_collapse(model, tokenizer, prompts, device=torch.device("cpu"), max_length=64)
     assert flat["collapsed"] and "uniform" in flat["reason"]
+    # a model that started uniform (random weights) has not collapsed by staying so
+    again = output_collapse(model, tokenizer, prompts, device=torch.device("cpu"), max_length=64, baseline=flat)
+    assert not again["collapsed"]
     class Blind(torch.nn.Module):  # confident, far from uniform, and the same whatever the input
         def forward(self, input_ids, attention_mask):
             logits = torch.zeros(512)

@@ -12,6 +12,9 @@ the tie rule predicts "no", and the run "completed" with 38.54 accuracy. Two che
   (max |Δ log-prob| ≤ 1e-6 of their scale: the model no longer reads its input). A model that learned to
   answer "yes" to everything still depends on its input far above that level, so the majority-class runs
   the validity gate judges are not flagged here.
+
+Both output checks are relative to the model the run started from (``baseline``, measured before the first
+step): a random-weight model is near uniform before any training, and that is not a collapse of training.
 """
 
 from __future__ import annotations
@@ -38,9 +41,11 @@ def loss_exploded(loss: float, first_loss: float | None, factor: float | None) -
 
 
 @torch.no_grad()
-def output_collapse(model, tokenizer, prompts: Sequence[str], *, device: torch.device, max_length: int) -> dict:
+def output_collapse(model, tokenizer, prompts: Sequence[str], *, device: torch.device, max_length: int,
+                    baseline: dict | None = None) -> dict:
     """Diagnostics of the next-token distributions after ``prompts`` (eval mode); ``collapsed`` says whether
-    they are uniform or input-independent (module docstring), ``reason`` why."""
+    they became uniform or input-independent (module docstring), ``reason`` why. ``baseline``: this function's
+    result on the starting model; a property the starting model already had is not a collapse."""
     lm = unwrap_causal_lm(model)
     was_training = lm.training
     lm.eval()
@@ -64,10 +69,13 @@ def output_collapse(model, tokenizer, prompts: Sequence[str], *, device: torch.d
     scale = float(logp.abs().max())
     out = {"prompts": len(seqs), "mean_entropy_nats": entropy, "entropy_fraction_of_uniform": normalized,
            "max_logprob_spread_across_prompts": spread, "collapsed": False, "reason": None}
-    if normalized >= UNIFORM_FRACTION:
+    was_uniform = baseline is not None and baseline["entropy_fraction_of_uniform"] >= UNIFORM_FRACTION
+    was_blind = baseline is not None and baseline.get("input_blind", False)
+    out["input_blind"] = len(seqs) > 1 and spread <= SAME_OUTPUT_RTOL * scale
+    if normalized >= UNIFORM_FRACTION and not was_uniform:
         out.update(collapsed=True, reason=f"next-token distributions are near uniform (entropy {normalized:.1%} of "
                                           f"ln {vocab})")
-    elif len(seqs) > 1 and spread <= SAME_OUTPUT_RTOL * scale:
+    elif out["input_blind"] and not was_blind:
         out.update(collapsed=True, reason=f"the same next-token distribution after {len(seqs)} different prompts "
                                           f"(max difference {spread:.2e}): the model ignores its input")
     return out

@@ -120,11 +120,12 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
                out_dir: Path, *, pad_id: int, device: torch.device, dist: DistInfo = DistInfo(),
                validate: Callable[[], dict] | None = None, primary: str = "accuracy",
                on_best: Callable[[int, dict], None] | None = None, log: Callable[[dict], None] = lambda r: None,
-               identity: str | None = None, health: Callable[[], dict] | None = None) -> LoopResult:
+               identity: str | None = None, health: Callable[[dict | None], dict] | None = None) -> LoopResult:
     """Train ``model`` (through ``loss_module``) on ``train``; resume from ``out_dir/checkpoints`` if present.
 
     ``validate()`` returns validation metrics; the best by ``primary`` triggers ``on_best(step, metrics)``.
-    ``health()`` (``collapse.output_collapse``) runs before each validation: collapsed outputs, like a NaN
+    ``health(baseline)`` (``collapse.output_collapse``) runs before the first step (its result is the baseline)
+    and before each validation: collapsed outputs, like a NaN
     loss or a loss above ``divergence_factor`` × the first step's, raise ``TrainingDiverged``.
     The caller's global torch RNG state is restored on return (the dropout stream lives in a fork).
     """
@@ -150,7 +151,7 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
 
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        step = 0
+        step, state = 0, {}
         ckpt = latest_checkpoint(ckpt_root)
         if ckpt is not None:
             saved = json.loads((ckpt / "state.json").read_text())
@@ -164,6 +165,8 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
             step, result.best_metric, result.best_step = state["step"], state["best_metric"], state["best_step"]
             result.history = state["history"]
             log({"event": "resumed", "step": step, "checkpoint": ckpt.name})
+        # The output checks compare with the model the run started from (a random-weight model starts uniform).
+        baseline = state.get("health_baseline") if ckpt is not None else (health(None) if health else None)
         model.train()
         batches_cache: dict[int, list[list[int]]] = {}
         while step < total:
@@ -214,7 +217,7 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
             log(record)
             if eval_every and (step % eval_every == 0 or step == total):
                 if health is not None:
-                    diag = health()
+                    diag = health(baseline)
                     if diag["collapsed"]:
                         raise TrainingDiverged({"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr,
                                                 "reason": diag["reason"], "outputs": diag,
@@ -234,7 +237,7 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
                 state = {"step": step, "best_metric": result.best_metric, "best_step": result.best_step,
                          "scheduler": scheduler.state_dict(), "history": result.history, "seeds": seeds.as_dict(),
                          "settings": asdict(S), "steps_per_epoch": steps_per_epoch, "total_steps": total,
-                         "identity": identity}
+                         "identity": identity, "health_baseline": baseline}
                 save_checkpoint(ckpt_root, step, model, optimizer, state, write=dist.is_main)
             if stop:
                 result.stopped_early = True

@@ -192,10 +192,11 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
 
         health_prompts = [prompt(ex) for ex in data["validation"][:PROBE_PROMPTS]]
 
-        def health() -> dict:
+        def health(baseline: dict | None) -> dict:
             # Under the same autocast as training and validation: on CUDA the frozen LoRA base weights are bf16.
             with root_unsharded(loss_module), eager(), torch.no_grad(), autocast_ctx(device, settings.bf16):
-                return output_collapse(model, tokenizer, health_prompts, device=device, max_length=cfg.data.max_length)
+                return output_collapse(model, tokenizer, health_prompts, device=device, max_length=cfg.data.max_length,
+                                       baseline=baseline)
 
         def on_best(step: int, metrics: dict) -> None:
             weights = trainable_state(model)  # collective under FSDP: every rank gathers
