@@ -34,10 +34,13 @@ from lorascope.train.fused_lora.philox import GROUP, threshold
 
 @dataclass(frozen=True)
 class Blocks:
-    """Tile sizes and warps of each kernel. The defaults are chosen for an H200 (132 SMs): ≥ 2 programs per SM
-    for the memory-bound passes, M-tiles ≥ 16 for ``tl.dot``; ``benchmarks/train_fused.py`` tries others."""
+    """Tile sizes and warps of each kernel. Defaults for an H200 (132 SMs): ≥ 2 programs per SM for the
+    memory-bound passes, M-tiles ≥ 16 for ``tl.dot``, and — for the Philox-heavy shrink / grad_in kernels of a
+    three-module group — small tiles, whose sm_90 builds stay at ≤ 141 registers without spills (Triton 3.6,
+    ptxas; larger tiles reach 255 and spill), so that 12–16 warps fit per SM. ``benchmarks/train_fused.py``
+    times alternatives on the GPU."""
 
-    shrink_bm: int = 32
+    shrink_bm: int = 16
     shrink_bk: int = 64
     shrink_warps: int = 4
     out_bm: int = 256
@@ -47,7 +50,7 @@ class Blocks:
     in_bm: int = 32
     in_bk: int = 64
     in_ms: int = 16
-    in_warps: int = 4
+    in_warps: int = 8
     gemm_bm: int = 128
     gemm_bn: int = 256
     gemm_bk: int = 64
