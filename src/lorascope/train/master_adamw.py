@@ -75,7 +75,6 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                 state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
                 state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
         self.hparams = torch.zeros(len(self.param_groups), len(_HP), dtype=torch.float32, device=first.device)
-        self._host = torch.zeros_like(self.hparams, device="cpu").pin_memory() if first.is_cuda else None
         self.clip_coef = torch.ones((), dtype=torch.float32, device=first.device)
 
     def _params(self):
@@ -90,9 +89,8 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             b1, b2 = g["betas"]
             rows.append([g["lr"], g["weight_decay"], b1, b2, g["eps"], 1 - b1 ** t, math.sqrt(1 - b2 ** t)])
         values = torch.tensor(rows, dtype=torch.float32)
-        if self._host is not None:
-            self._host.copy_(values)
-            self.hparams.copy_(self._host, non_blocking=True)
+        if self.hparams.is_cuda:  # pinned: an asynchronous copy; the caching host allocator keeps the buffer alive
+            self.hparams.copy_(values.pin_memory(), non_blocking=True)
         else:
             self.hparams.copy_(values)
 
