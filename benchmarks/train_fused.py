@@ -152,7 +152,7 @@ def run_group(pr, expand, backend, blocks, p=0.05, needs_dx=True):
 
 
 def part_kernels(shape):
-    from lorascope.train.fused_lora import kernels, philox
+    from lorascope.train.fused_lora import gemm, kernels, philox
 
     M = shape["B"] * shape["T"]
     d, f = shape["d"], shape["f"]
@@ -202,7 +202,7 @@ def part_kernels(shape):
         "shrink": lambda c: kernels.shrink(pr["x"], pr["a"], pr["seeds"], r=8, coef=coef, p=p, copy_x=True, blocks=c),
         "grad_out": lambda c: kernels.grad_out(pr["gy"], pr["b"], saved[:, d:], r=8, blocks=c),
         "grad_in": lambda c: kernels.grad_in(saved[:, :d], dx0, gbc, pr["a"], pr["seeds"], r=8, p=p, blocks=c),
-        "gemm": lambda c: kernels.gemm_lora(pr["x"], pr["w_aug"], saved[:, d:], d, c),
+        "gemm": lambda c: gemm.gemm_lora(pr["x"], pr["w_aug"], saved[:, d:], d, c),
     }
     bytes_moved = {"shrink": 4 * M * d, "grad_out": 2 * M * sum((d, kvd, kvd)), "grad_in": 6 * M * d, "gemm": 0}
     for kernel, options in trials.items():

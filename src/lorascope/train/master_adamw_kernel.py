@@ -39,7 +39,8 @@ def _adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, w_ptr, hp_ptr, clip_ptr, n, HAS_CO
 
 def adamw_update(master: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
                  copy: torch.Tensor | None, hparams: torch.Tensor, clip_coef: torch.Tensor, block: int = 2048) -> None:
-    """In place on flat contiguous tensors; ``hparams`` = (lr, wd, β1, β2, eps, 1−β1ᵗ, √(1−β2ᵗ)) on the device."""
+    """In place on flat contiguous tensors; ``hparams`` = (lr, wd, β1, β2, eps, 1−β1ᵗ, √(1−β2ᵗ)) on the
+    device."""
     n = master.numel()
     _adamw_kernel[(triton.cdiv(n, block),)](master, grad, exp_avg, exp_avg_sq, copy if copy is not None else master,
                                             hparams, clip_coef, n, HAS_COPY=copy is not None, BLOCK=block,

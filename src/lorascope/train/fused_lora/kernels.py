@@ -13,7 +13,7 @@ Module j has A_j (r × K, fp32 master), B_j (N_j × r, fp32 master), its own dro
   sums of ``dB_j = g_jᵀ xa_j``.
 - :func:`grad_in` — one pass over x and dx: regenerates the masks, adds ``coef · m_j ⊙ (gB_j A_j)`` to the base
   input gradient in place, and forms partial sums of ``dA_j = coef · gB_jᵀ (m_j ⊙ x)``.
-- :func:`gemm_lora` — a Triton GEMM whose epilogue adds ``xa · B_blkᵀ`` (the ``expand="triton"`` variant).
+- ``gemm.gemm_lora`` — a Triton GEMM whose epilogue adds ``xa · B_blkᵀ`` (the ``expand="triton"`` variant).
 
 Partial sums (over row chunks, over column chunks) are reduced by the caller with ``torch.sum``, so results
 are deterministic (no atomics). Under the interpreter ``tl.dot`` on bf16 misbehaves (triton 3.6), so
@@ -65,7 +65,7 @@ class Blocks:
         return cls(*[int(v) for v in values])
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -197,7 +197,7 @@ def shrink(x: torch.Tensor, a_list: list[torch.Tensor], seeds: torch.Tensor, *, 
     _shrink_kernel[(triton.cdiv(M, blocks.shrink_bm),)](
         x, a0, a1, a2, seeds, out, M, K, x.stride(0), out.stride(0), K if copy_x else 0, triton.cdiv(K, GROUP),
         t >> 16, t & 0xFFFF, coef, R=r, RP=_pow2_at_least_16(r), N_MOD=n, PAD=width - n * r, DROPOUT=p > 0,
-        COPY_X=copy_x, DOT_F32=_interpreting(), BM=blocks.shrink_bm, BK=blocks.shrink_bk,
+        COPY_X=copy_x, DOT_F32=interpreting(), BM=blocks.shrink_bm, BK=blocks.shrink_bk,
         num_warps=blocks.shrink_warps)
     return out
 
@@ -282,7 +282,7 @@ def grad_out(g: torch.Tensor, b_list: list[torch.Tensor], xa: torch.Tensor, *, r
     b0, b1, b2 = _three(b_list)
     s = sizes + [0, 0]
     _grad_out_kernel[(p_m, p_n, n)](g, b0, b1, b2, xa, gb, db, M, s[0], s[1], s[2], n_total, g.stride(0), xa.stride(0),
-                                    n * r, R=r, RP=_pow2_at_least_16(r), DOT_F32=_interpreting(), BM=bm, BN=bn, NB=nb,
+                                    n * r, R=r, RP=_pow2_at_least_16(r), DOT_F32=interpreting(), BM=bm, BN=bn, NB=nb,
                                     num_warps=blocks.out_warps)
     return gb.sum(0), db.sum(0)
 
@@ -373,57 +373,6 @@ def grad_in(x: torch.Tensor, dx: torch.Tensor | None, gbc: torch.Tensor, a_list:
     _grad_in_kernel[(p_m, triton.cdiv(K, bk))](
         x, dx if dx is not None else x, gbc, a0, a1, a2, seeds, da, M, K, x.stride(0),
         dx.stride(0) if dx is not None else 0, triton.cdiv(K, GROUP), t >> 16, t & 0xFFFF, R=r,
-        RP=_pow2_at_least_16(r), N_MOD=n, DROPOUT=p > 0, WRITE_DX=dx is not None, DOT_F32=_interpreting(), BM=bm,
+        RP=_pow2_at_least_16(r), N_MOD=n, DROPOUT=p > 0, WRITE_DX=dx is not None, DOT_F32=interpreting(), BM=bm,
         BK=bk, MS=ms, num_warps=blocks.in_warps)
     return da.sum(0)
-
-
-# ----------------------------------------------------------------------------------------------- GEMM + LoRA epilogue
-@triton.jit
-def _gemm_lora_kernel(x_ptr, w_ptr, xa_ptr, y_ptr, M, N, K, stride_x, stride_w, stride_xa, stride_y, WIDTH,
-                      CP: tl.constexpr, DOT_F32: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                      BK: tl.constexpr, GROUP_M: tl.constexpr):
-    pid = tl.program_id(0)
-    n_m, n_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
-    per_group = GROUP_M * n_n  # grouped ordering: programs that share x rows run together (L2 reuse)
-    first_m = (pid // per_group) * GROUP_M
-    size_m = min(n_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % size_m
-    pid_n = (pid % per_group) // size_m
-    rows = pid_m * BM + tl.arange(0, BM)
-    cols = pid_n * BN + tl.arange(0, BN)
-    kk = tl.arange(0, BK)
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        km = (k0 + kk) < K
-        x = tl.load(x_ptr + rows[:, None] * stride_x + (k0 + kk)[None, :], mask=(rows[:, None] < M) & km[None, :],
-                    other=0.0)
-        w = tl.load(w_ptr + cols[None, :] * stride_w + (k0 + kk)[:, None], mask=(cols[None, :] < N) & km[:, None],
-                    other=0.0)
-        if DOT_F32:
-            acc += tl.dot(x.to(tl.float32), w.to(tl.float32))
-        else:
-            acc += tl.dot(x, w)
-    cc = tl.arange(0, CP)  # epilogue: + xa · B_blkᵀ, B_blk = columns K.. of the augmented weight
-    xa = tl.load(xa_ptr + rows[:, None] * stride_xa + cc[None, :], mask=(rows[:, None] < M) & (cc[None, :] < WIDTH),
-                 other=0.0)
-    b = tl.load(w_ptr + cols[None, :] * stride_w + K + cc[:, None], mask=(cols[None, :] < N) & (cc[:, None] < WIDTH),
-                other=0.0)
-    if DOT_F32:
-        acc += tl.dot(xa.to(tl.float32), b.to(tl.float32))
-    else:
-        acc += tl.dot(xa, b)
-    tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=(rows[:, None] < M) & (cols[None, :] < N))
-
-
-def gemm_lora(x: torch.Tensor, w_aug: torch.Tensor, xa: torch.Tensor, in_features: int, blocks: Blocks) -> torch.Tensor:
-    """``x · w_aug[:, :K]ᵀ + xa · w_aug[:, K:]ᵀ`` in one Triton GEMM (fp32 accumulation, output in x's dtype)."""
-    M, N, width = x.shape[0], w_aug.shape[0], w_aug.shape[1] - in_features
-    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(M, blocks.gemm_bm) * triton.cdiv(N, blocks.gemm_bn),)
-    _gemm_lora_kernel[grid](x, w_aug, xa, y, M, N, in_features, x.stride(0), w_aug.stride(0), xa.stride(0),
-                            y.stride(0), width, CP=max(16, triton.next_power_of_2(width)), DOT_F32=_interpreting(),
-                            BM=blocks.gemm_bm, BN=blocks.gemm_bn, BK=blocks.gemm_bk, GROUP_M=8,
-                            num_warps=blocks.gemm_warps, num_stages=blocks.gemm_stages)
-    return y

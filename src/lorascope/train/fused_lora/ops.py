@@ -58,7 +58,9 @@ def lora_group_fwd(x: torch.Tensor, w_aug: torch.Tensor, a_list: list[torch.Tens
             return torch.mm(saved, w_aug.t()), saved
         if expand == "addmm":
             return torch.mm(x, w_aug[:, :K].t()).addmm_(saved, w_aug[:, K:].t()), saved
-        return kernels.gemm_lora(x, w_aug, saved, K, cfg), saved
+        from lorascope.train.fused_lora.gemm import gemm_lora
+
+        return gemm_lora(x, w_aug, saved, K, cfg), saved
 
 
 @lora_group_fwd.register_fake

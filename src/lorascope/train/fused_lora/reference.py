@@ -12,7 +12,8 @@ With ``coef = scaling / (1 − p)`` and m_j the keep-mask of module j:
 which is PEFT's ``base(x) + lora_B(lora_A(dropout(x))) · scaling`` for every module at once (nn.Dropout keeps
 with probability 1 − p and scales kept values by 1 / (1 − p)). Backward, for the output gradient g = [g_j]:
 
-    gB_j = g_j B_j,   dB_j = g_jᵀ xa_j,   dA_j = coef · gB_jᵀ (m_j ⊙ x),   dx = g W + Σ_j coef · m_j ⊙ (gB_j A_j)
+    gB_j = g_j B_j,   dB_j = g_jᵀ xa_j,   dA_j = coef · gB_jᵀ (m_j ⊙ x)
+    dx   = g W + Σ_j coef · m_j ⊙ (gB_j A_j)
 
 Low-precision inputs (bf16/fp16) mirror the kernels: operands rounded to that dtype, products accumulated in
 fp32, xa / y / dx / coef·gB rounded once to that dtype, dA and dB kept in fp32.

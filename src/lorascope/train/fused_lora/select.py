@@ -88,7 +88,8 @@ def self_check(device_index: int) -> tuple[bool, str]:
             backend, exp = ("torch", "kaug") if expand == "torch" else ("triton", expand)
             w = w_aug.clone()
             y, saved = lora_group_fwd(x, w, a_list, b_list, seeds, K, r, 2.0, p, exp, backend, blocks)
-            dx, da, db = lora_group_bwd(gy, x, saved, w, a_list, b_list, seeds, K, r, 2.0, p, exp, backend, blocks, True)
+            dx, da, db = lora_group_bwd(gy, x, saved, w, a_list, b_list, seeds, K, r, 2.0, p, exp, backend, blocks,
+                                        True)
             out[expand] = (y, dx, da, db)
         errs = {n: _rel(a, b) for n, a, b in zip(("y", "dx", "dA", "dB"), out["kaug"], out["torch"])}
         bad = {n: e for n, e in errs.items() if not e <= CHECK_RTOL}
