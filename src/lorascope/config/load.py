@@ -170,7 +170,10 @@ def config_hash(cfg: StudyConfig | dict, length: int = 16) -> str:
 # How a run is executed, not what it computes: excluded from ``result_hash`` so that, e.g., a DDP run and a
 # single-process run resume from each other's checkpoints and share results.
 # ``train.divergence_factor`` is a guard, not a recipe: a run that completed is the same run whatever it was.
-EXECUTION_KEYS = {"train": ("strategy", "compile", "checkpoint_every", "eval_batch_size", "divergence_factor"),
+# ``lora_kernel`` picks PEFT's modules or the fused kernels for the same LoRA (same function, same dropout rate,
+# only another random stream for the masks), so a run's identity — and every existing result — is unchanged.
+EXECUTION_KEYS = {"train": ("strategy", "compile", "checkpoint_every", "eval_batch_size", "divergence_factor",
+                            "lora_kernel"),
                   "tracking": None, "output": None, "hpo": ("storage",), "executor": None}
 # Analysis stages downstream of training: changing them must not invalidate (or re-run) a trained model,
 # so ``result_hash`` — the training runs' identity — leaves them out; each analysis stage keys its own

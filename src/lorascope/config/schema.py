@@ -138,6 +138,9 @@ class TrainConfig(_Strict):
     strategy: Literal["single", "ddp", "fsdp"] = "single"
     # On CUDA: torch.compile each decoder layer (1.6–2× faster training, ~10–16 s compile; docs/benchmarks.md).
     compile: bool = True
+    # LoRA training kernels: "fused" = Triton kernels with PEFT's semantics (CUDA, bf16 autocast; docs/fused_lora.md),
+    # "peft" = PEFT's modules; "auto" = fused where it applies (CUDA, bf16, not FSDP) and passes its self-check.
+    lora_kernel: Literal["auto", "peft", "fused"] = "auto"
     checkpoint_every: int | None = Field(None, ge=1)  # steps; None = at each validation and at the end
     # Cap on optimizer steps: total = min(max_steps, epochs × steps per epoch); None = epochs decide.
     max_steps: int | None = Field(None, ge=1)

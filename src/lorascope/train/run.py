@@ -31,6 +31,8 @@ from lorascope.train.checkpoint import latest_checkpoint, load_trainable_state, 
 from lorascope.train.collapse import PROBE_PROMPTS, output_collapse
 from lorascope.train.dist import DistInfo, barrier, root_unsharded, wrap_for_strategy
 from lorascope.train.evaluate import PRIMARY, autocast_ctx, evaluate
+from lorascope.train.fused_lora.install import install_fused_lora
+from lorascope.train.fused_lora.select import resolve_lora_kernel
 from lorascope.train.holdout import without_test
 from lorascope.train.loop import LoopSettings, TrainingDiverged, train_loop
 from lorascope.train.loss import TargetTokenLoss
@@ -89,14 +91,20 @@ def build_model(cfg: StudyConfig, method: str, init_seed: int, device: torch.dev
     return model
 
 
-def speed_up(model, cfg: StudyConfig, method: str, device: torch.device) -> None:
+def speed_up(model, cfg: StudyConfig, method: str, device: torch.device) -> str | None:
     """CUDA only (CPU numerics stay exact): frozen LoRA base weights in bf16 (what autocast computes with
-    anyway) and per-layer torch.compile. Measured in docs/benchmarks.md."""
+    anyway), the fused LoRA kernels (``train.lora_kernel``; docs/fused_lora.md) and per-layer torch.compile.
+    Measured in docs/benchmarks.md. Returns the LoRA kernels used ("fused" / "peft"; None for FT)."""
     bf16 = cfg.train.bf16_on_cuda and device.type == "cuda"
+    kernel = None
     if method != "ft":
         speed.prepare_lora_for_speed(model, device, bf16)
+        kernel = resolve_lora_kernel(cfg.train.lora_kernel, device, bf16=bf16, strategy=cfg.train.strategy)
+        if kernel == "fused":
+            install_fused_lora(model)
     if device.type == "cuda" and cfg.train.compile:
         speed.compile_layers(model)
+    return kernel
 
 
 def eager():
@@ -174,7 +182,7 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
             if dist.is_main else _nullmanifest() as manifest:
         tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
         model = build_model(cfg, spec.method, seeds.init, device)
-        speed_up(model, cfg, spec.method, device)
+        lora_kernel = speed_up(model, cfg, spec.method, device)
         train_enc, dropped = encode_train(tokenizer, data["train"], cfg.data.max_length)
         settings = loop_settings(cfg, spec, device)
         tracker = Tracker(out_dir, cfg.tracking, name=spec.name, group=f"{cfg.name}-{config_hash(cfg)}",
@@ -237,6 +245,8 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
         if dist.is_main:
             save_final_model(model, tokenizer, out_dir / ("model" if spec.method == "ft" else "adapter"), spec.method)
             results["world_size"], results["strategy"] = dist.world_size, dist.strategy
+            if lora_kernel is not None:
+                results["lora_kernel"] = lora_kernel
             atomic_write_json(out_dir / "results.json", results)
             manifest["results"] = {k: results[k] for k in ("validation_best", "best_step", "steps")}
         tracker.finish("completed")
