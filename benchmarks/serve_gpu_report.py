@@ -192,6 +192,7 @@ def render(results: dict) -> str:
         for t in results["tuning"]:
             best = min(t["fused_us"].values()) if t["fused_us"] else float("nan")
             lines.append(f"- widths {t['widths']}, K {t['k']}: fused {best:.1f} (best of {len(t['fused_us'])}: "
-                         f"{t['best']}), cuBLAS W alone {t['cublas_base_us']:.1f}, cuBLAS [W;A] + addmm_ "
-                         f"{t['cublas_addmm_path_us']:.1f}" + (f"; errors {t['errors']}" if t["errors"] else ""))
+                         f"{t['best']}), cuBLAS W alone {t['cublas_base_us']:.1f}"
+                         + (f", cuBLAS [W;A] + addmm_ {t['cublas_addmm_path_us']:.1f}" if "cublas_addmm_path_us" in t
+                            else "") + (f"; errors {t['errors']}" if t["errors"] else ""))
     return "\n".join(lines) + "\n"

@@ -140,7 +140,8 @@ class TrainConfig(_Strict):
     compile: bool = True
     # LoRA training kernels: "fused" = Triton kernels with PEFT's semantics (CUDA, bf16 autocast; docs/fused_lora.md),
     # "peft" = PEFT's modules; "auto" = fused where it applies (CUDA, bf16, not FSDP) and passes its self-check.
-    lora_kernel: Literal["auto", "peft", "fused"] = "auto"
+    # Default "peft": on an H200 the fused path was exact but slower end to end (docs/benchmarks.md, issue 17).
+    lora_kernel: Literal["auto", "peft", "fused"] = "peft"
     checkpoint_every: int | None = Field(None, ge=1)  # steps; None = at each validation and at the end
     # Cap on optimizer steps: total = min(max_steps, epochs × steps per epoch); None = epochs decide.
     max_steps: int | None = Field(None, ge=1)
