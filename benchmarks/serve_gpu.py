@@ -42,13 +42,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_gpu_report import profile_step, render  # noqa: E402
-
 from lorascope.serve.adapters import load_lora, random_adapter  # noqa: E402
 from lorascope.serve.correctness import Reference  # noqa: E402
 from lorascope.serve.gate import gate_cell  # noqa: E402
 from lorascope.serve.hf_peft import HFPeftBackend  # noqa: E402
 from lorascope.serve.native import NativeBackend  # noqa: E402
+from serve_gpu_report import profile_step, render  # noqa: E402
 
 SCENARIOS = ["base", "merged", "unmerged-1", "multi-2", "multi-4", "multi-8"]
 BATCHES = [1, 2, 4, 8, 16]

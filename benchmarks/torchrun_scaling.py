@@ -122,9 +122,9 @@ def make_mrpc(folder: Path, seq_len: int, n_train: int, n_eval: int) -> None:
 def check_lengths(model: Path, data: Path, seq_len: int) -> None:
     from transformers import AutoTokenizer
 
+    from lorascope.data.prompts import prompt, target
     from lorascope.data.tokenize import split_prompt_target
     from lorascope.data.types import MrpcExample
-    from lorascope.data.prompts import prompt, target
 
     tok = AutoTokenizer.from_pretrained(model)
     line = (data / "mrpc" / "train.tsv").read_text().splitlines()[1].split("\t")
@@ -386,7 +386,8 @@ def profiled_cli(argv: list[str]) -> None:
     recording optimizer steps FIRST … FIRST+N−1 on this rank (a global optimizer-step hook advances it)."""
     import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
-    from torch.profiler import ProfilerActivity, profile, schedule as prof_schedule
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import schedule as prof_schedule
 
     out, first, active, cli = Path(argv[0]), int(argv[1]), int(argv[2]), argv[3:]
     out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,6 @@ Usage (GPU):  PYTHONPATH=src python benchmarks/train_fused.py --out $OUT
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as _dt
 import gc
 import json
@@ -44,14 +43,23 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
-from train_throughput import FULL, LORA, PEAK_BF16_DATASHEET, TINY, add_lora, build_llama, make_batch, n_rows, step_flops  # noqa: E402
-
 from lorascope.train import speed  # noqa: E402
 from lorascope.train.captured_step import CapturedStep, static_target_loss  # noqa: E402
 from lorascope.train.fused_lora import FusedSettings, install_fused_lora  # noqa: E402
 from lorascope.train.fused_lora.check import peft_with_fused_masks  # noqa: E402
 from lorascope.train.loss import TargetTokenLoss  # noqa: E402
 from lorascope.train.master_adamw import MasterWeightAdamW, working_copy_params  # noqa: E402
+from train_throughput import (  # noqa: E402
+    FULL,
+    LORA,
+    PEAK_BF16_DATASHEET,
+    TINY,
+    add_lora,
+    build_llama,
+    make_batch,
+    n_rows,
+    step_flops,
+)
 
 T0 = time.perf_counter()
 OUT: dict = {"meta": {}, "checks": [], "timings": [], "kernels": [], "profiles": [], "curves": {}, "errors": []}
@@ -364,7 +372,7 @@ def time_captured(name, method, loss_mod, params, batches, shape, modes, make_op
             return loss.detach(), gn
 
         cap = CapturedStep(train_step, (ids, mask), params, before_replay=opt.prepare if master else None)
-        time_step(name, method, lambda i, m, l: cap(i, m), {mode: batches[mode]}, shape, [mode],
+        time_step(name, method, lambda i, m, _labels: cap(i, m), {mode: batches[mode]}, shape, [mode],
                   note="whole step in one CUDA graph")
         del cap, opt
         for p in params:  # the captured gradients live in the graph's memory pool
@@ -392,7 +400,7 @@ def part_ft(shape, batches):
         for p, s in zip(params, snapshot):
             p.data = s.clone()
         losses = []
-        for i in range(3):
+        for _ in range(3):
             loss, _ = step(*batches["check"][:3])
             losses.append(float(loss))
         return losses
@@ -406,7 +414,7 @@ def part_ft(shape, batches):
             p.data = s.clone()
         opt = MasterWeightAdamW(adamw(params, lr, wd, groups_only=True), lr=lr, working=working_copy_params(model))
         master_losses = []
-        for i in range(3):
+        for _ in range(3):
             loss, _ = master_step(ours(loss_mod), opt)(*batches["check"][:3])
             master_losses.append(float(loss))
         masters = opt.masters()
@@ -541,7 +549,8 @@ KINDS = [("lora kernels (ours)", r"_shrink_kernel|_grad_in_kernel|_grad_out_kern
 
 
 def profile(name, step, batch, n=2):
-    from torch.profiler import ProfilerActivity, profile as prof
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
 
     sync()
     t = time.perf_counter()

@@ -51,9 +51,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from lorascope.weights import (LLAMA_MODULE_TYPES, apply_delta_transform, dare_transform, ft_deltas,  # noqa: E402
-                               lora_factors, magnitude_prune, magnitude_transform, parse_module_name,
-                               resident_deltas, weights_reports)
+from lorascope.weights import (  # noqa: E402
+    LLAMA_MODULE_TYPES,
+    apply_delta_transform,
+    dare_transform,
+    ft_deltas,
+    lora_factors,
+    magnitude_prune,
+    magnitude_transform,
+    parse_module_name,
+    resident_deltas,
+    weights_reports,
+)
 from lorascope.weights.spectra import lowrank_singular_values  # noqa: E402
 
 T0 = time.perf_counter()

@@ -110,3 +110,10 @@ def assert_close_to_scale(got, want, *, ulps: float, floor: float = 0.0, what: s
     got, want = torch.as_tensor(got), torch.as_tensor(want)
     atol = ulps * EPS32 * float(want.abs().max()) + floor
     torch.testing.assert_close(got, want, rtol=0.0, atol=atol, msg=lambda m: f"{what}: {m} (atol {atol:.3g})")
+
+
+def run_stage(cfg, root, stage: str, tasks=None):
+    """Run one stage's jobs of the study on a results folder, as ``lorascope <stage> DIR`` does."""
+    from lorascope.study.engine import run_stage_jobs
+
+    return run_stage_jobs(cfg, root, stage, tasks=tasks)

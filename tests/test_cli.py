@@ -165,7 +165,7 @@ def test_run_writes_results_folder(tmp_path: Path, overrides: list[str]) -> None
         drift = json.loads((out / task / "drift" / "drift.json").read_text())
         assert {s["run"] for s in drift["scores"]} == {f"{task}-ft-lr0.001-r0"}
     assert json.loads((out / "stats" / "stats.json").read_text())["verdicts"]
-    assert "dev-only" in (out / "summary.md").read_text(encoding="utf-8")
+    assert "dev-only" in (out / "report" / "report.md").read_text(encoding="utf-8")
     for folder in (out, out / "mrpc", out / "squad_v2"):
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
         assert manifest["status"] == "completed", folder
@@ -174,11 +174,12 @@ def test_run_writes_results_folder(tmp_path: Path, overrides: list[str]) -> None
         assert json.loads((out / task / "sanity" / "ft" / "sanity.json").read_text())["passed"]
         runs = list((out / task / "runs").glob("*/results.json"))
         assert len(runs) == 1 and "test" in json.loads(runs[0].read_text())
-    assert "Sanity gate" in (out / "summary.md").read_text() and "Final runs" in (out / "summary.md").read_text()
+    summary, full = (out / "summary.md").read_text(), (out / "report" / "report.md").read_text()
+    assert "Verdict" in summary and "Main results" in summary and "Sanity gate" in full  # one report path
     weights = json.loads((out / "mrpc" / "weights" / "weights.json").read_text())
     assert set(weights["runs"]) == {"FT"} and set(weights["dare"]["FT"]["dare"]) == {"0.0", "0.5", "0.9", "0.99"}
     assert (out / "mrpc" / "weights" / "figures" / "dare_curves.png").stat().st_size > 0
-    assert "Weight structure" in (out / "summary.md").read_text()
+    assert "weight-update structure" in full
     # -- issue 13 items 4–6 on the finished study ------------------------------------------------------------
     root = json.loads((out / "manifest.json").read_text())
     assert root["status"] == "completed" and len(root["invocations"]) == 1
@@ -208,10 +209,14 @@ def test_run_writes_results_folder(tmp_path: Path, overrides: list[str]) -> None
     stats_manifest = json.loads((out / "stats" / "manifest.json").read_text())
     assert stats_manifest["config"]["model"]["name_or_path"] == str(overrides[1].split("=", 1)[1])
     assert stats_manifest["config_vs_study"] == [{"key": "stats.confidence", "study": 0.95, "here": 0.9}]
+    root = json.loads((out / "manifest.json").read_text())
+    assert root["config"]["stats"]["confidence"] == 0.95  # an analysis override does not redefine the study
+    assert root["invocations"][-1]["command"] == "stats" and root["invocations"][-1]["config_changes"] == [
+        {"key": "stats.confidence", "before": 0.95, "now": 0.9}]
     # one writer per folder: a live holder makes a second run stop at once, writing nothing
     from lorascope.study.lock import folder_lock
 
     with folder_lock(out, "test holder"):
         busy = invoke("run", CONFIG, "--out", out, *overrides, *tiny)
     assert busy.exit_code == 3 and "in use by another lorascope run" in all_output(busy)
-    assert len(json.loads((out / "manifest.json").read_text())["invocations"]) == 2
+    assert len(json.loads((out / "manifest.json").read_text())["invocations"]) == 3  # nothing written

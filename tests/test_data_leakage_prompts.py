@@ -54,7 +54,9 @@ def test_normalize_text():
 
 def test_prompts_exactly_as_study():
     m = MrpcExample("1-2", "A b .", "C d .", 1)
-    assert prompt(m) == "Sentence 1: A b .\nSentence 2: C d .\nQuestion: Do both sentences mean the same thing?\nAnswer:"
+    assert (
+        prompt(m) == "Sentence 1: A b .\nSentence 2: C d .\nQuestion: Do both sentences mean the same thing?\nAnswer:"
+    )
     assert target(m) == " yes" and target(replace(m, label=0)) == " no"
     s = SquadExample("q", "T", "Ctx.", "Who?", ("Ann", "Anne"), (0, 0))
     assert prompt(s) == "Context: Ctx.\nQuestion: Who?\nAnswer:"
@@ -71,7 +73,7 @@ def test_loss_mask_covers_target_and_eos_only(tokenizer, mrpc_data):
     e = enc[0]
     p_ids, t_ids = split_prompt_target(tokenizer, prompt(ex), target(ex))
     assert e.input_ids == p_ids + t_ids and t_ids[-1] == tokenizer.eos_token_id
-    assert e.labels[: len(p_ids)] == [IGNORE_INDEX] * len(p_ids) and e.labels[len(p_ids):] == t_ids
+    assert e.labels[: len(p_ids)] == [IGNORE_INDEX] * len(p_ids) and e.labels[len(p_ids) :] == t_ids
     assert tokenizer.decode(t_ids[:-1]).strip() == target(ex).strip()
     assert e.input_ids[0] == tokenizer.bos_token_id
 

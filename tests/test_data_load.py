@@ -34,7 +34,11 @@ def test_squad_dev_only_split(squad_data):
     assert d.split_scheme == "dev-only" and any("dev-only" in n for n in d.notes)
     titles = {s: {e.title for e in d[s]} for s in ("train", "validation", "test")}
     assert [len(titles[s]) for s in ("train", "validation", "test")] == [25, 5, 5]
-    assert not (titles["train"] & titles["validation"] or titles["train"] & titles["test"] or titles["validation"] & titles["test"])
+    assert not (
+        titles["train"] & titles["validation"]
+        or titles["train"] & titles["test"]
+        or titles["validation"] & titles["test"]
+    )
     assert sum(d.sizes().values()) == 11873
     assert d.describe()["split_scheme"] == "dev-only"
 
@@ -72,21 +76,39 @@ def test_subsample_is_seeded_and_recorded(data_dir):
 def test_hub_converters_on_local_datasets(mrpc_data, squad_data, data_dir):
     """The hub path, fed with local ``datasets.Dataset`` objects shaped like the hub's."""
     datasets = pytest.importorskip("datasets")
-    glue = {s: datasets.Dataset.from_list([{"sentence1": e.sentence1, "sentence2": e.sentence2, "label": e.label, "idx": i}
-                                          for i, e in enumerate(mrpc_data[s])]) for s in ("train", "validation")}
+    glue = {
+        s: datasets.Dataset.from_list(
+            [
+                {"sentence1": e.sentence1, "sentence2": e.sentence2, "label": e.label, "idx": i}
+                for i, e in enumerate(mrpc_data[s])
+            ]
+        )
+        for s in ("train", "validation")
+    }
     d = mrpc.load_mrpc_hub(glue, data_dir)
     assert d.source == "hub" and d.sizes() == mrpc_data.sizes()
     with pytest.raises(DataError, match="test labels"):
         mrpc.load_mrpc_hub(glue, None)
     exs = squad_data["train"][:300]
-    recs = datasets.Dataset.from_list([{"id": e.id, "title": e.title, "context": e.context, "question": e.question,
-                                        "answers": {"text": list(e.answers), "answer_start": list(e.answer_starts)}} for e in exs])
+    recs = datasets.Dataset.from_list(
+        [
+            {
+                "id": e.id,
+                "title": e.title,
+                "context": e.context,
+                "question": e.question,
+                "answers": {"text": list(e.answers), "answer_start": list(e.answer_starts)},
+            }
+            for e in exs
+        ]
+    )
     s = squad.load_squad_hub({"train": recs, "validation": recs}, 0.05, seed=0)
     assert s.split_scheme == "official" and s.sizes()["test"] == 300
     assert s.sizes()["train"] + s.sizes()["validation"] == 300
 
 
 # ---- corruption: every error names the file and the row ------------------------------------------
+
 
 def _mirror_with(tmp_path: Path, data_dir: Path, name: str, content: str) -> Path:
     root = tmp_path / "mirror"
@@ -96,15 +118,18 @@ def _mirror_with(tmp_path: Path, data_dir: Path, name: str, content: str) -> Pat
     return root
 
 
-@pytest.mark.parametrize("content, needle", [
-    ("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\n1\t1\t2\ta\n", "missing column(s) #2 String;"),
-    (MRPC_HEADER + "1\t1\t2\ta\tb\n2\t3\t4\tc\td\n", "line 3: bad label '2'"),
-    (MRPC_HEADER + "1\t1\t2\ta\tb\n0\t3\t4\tc\n", "line 3: expected 5 tab-separated fields, got 4"),
-    (MRPC_HEADER + "1\t1\t2\ta\t \n", "line 2: empty sentence"),
-    ("", "empty file"),
-    # a repeated row: its id would collide in every per-example comparison (McNemar aligns by id)
-    (MRPC_HEADER + "1\t1\t2\ta\tb\n0\t3\t4\tc\td\n1\t1\t2\ta\tb\n", "line 4: duplicate pair 1-2 (first at line 2)"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\n1\t1\t2\ta\n", "missing column(s) #2 String;"),
+        (MRPC_HEADER + "1\t1\t2\ta\tb\n2\t3\t4\tc\td\n", "line 3: bad label '2'"),
+        (MRPC_HEADER + "1\t1\t2\ta\tb\n0\t3\t4\tc\n", "line 3: expected 5 tab-separated fields, got 4"),
+        (MRPC_HEADER + "1\t1\t2\ta\t \n", "line 2: empty sentence"),
+        ("", "empty file"),
+        # a repeated row: its id would collide in every per-example comparison (McNemar aligns by id)
+        (MRPC_HEADER + "1\t1\t2\ta\tb\n0\t3\t4\tc\td\n1\t1\t2\ta\tb\n", "line 4: duplicate pair 1-2 (first at line 2)"),
+    ],
+)
 def test_mrpc_corruptions(tmp_path, data_dir, content, needle):
     root = _mirror_with(tmp_path, data_dir, "dev.tsv", content)
     with pytest.raises(DataError) as err:
@@ -131,9 +156,28 @@ def _squad_file(tmp_path: Path, tree) -> Path:
 
 
 def _tiny_squad(answer_start=4, text="cat"):
-    return {"version": "v2.0", "data": [{"title": "T", "paragraphs": [{"context": "The cat sat.", "qas": [
-        {"id": "q1", "question": "Who sat?", "answers": [{"text": text, "answer_start": answer_start}], "is_impossible": False},
-        {"id": "q2", "question": "Who stood?", "answers": [], "is_impossible": True}]}]}]}
+    return {
+        "version": "v2.0",
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {
+                        "context": "The cat sat.",
+                        "qas": [
+                            {
+                                "id": "q1",
+                                "question": "Who sat?",
+                                "answers": [{"text": text, "answer_start": answer_start}],
+                                "is_impossible": False,
+                            },
+                            {"id": "q2", "question": "Who stood?", "answers": [], "is_impossible": True},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
 
 
 def test_squad_parses_tiny():
@@ -141,24 +185,46 @@ def test_squad_parses_tiny():
     assert [e.is_impossible for e in exs] == [False, True] and exs[0].answers == ("cat",)
 
 
-@pytest.mark.parametrize("mutate, needle", [
-    (lambda t: t["data"][0]["paragraphs"][0]["qas"][0]["answers"][0].update(answer_start=5),
-     "data[0].paragraphs[0].qas[0] (id=q1): answers[0].answer_start=5 does not point at its text 'cat'"),
-    (lambda t: t["data"][0]["paragraphs"][0]["qas"][0].pop("question"), "data[0].paragraphs[0].qas[0]: missing field 'question'"),
-    (lambda t: t["data"][0]["paragraphs"][0].pop("context"), "data[0].paragraphs[0]: paragraph needs a non-empty 'context'"),
-    (lambda t: t["data"][0]["paragraphs"][0]["qas"][1].update(id="q1"), "duplicate question id 'q1'"),
-    (lambda t: t.pop("data"), "expected a JSON object with a 'data' list"),
-    (lambda t: t["data"][0]["paragraphs"][0]["qas"][1].update(answers=[{"text": "cat", "answer_start": 4}]),
-     "is_impossible is true but answers are given"),
-    (lambda t: t["data"][0]["paragraphs"][0]["qas"][1].update(answers=None),
-     "qas[1] (id=q2): field 'answers' must be a list (unanswerable: []), got NoneType"),
-    (lambda t: t["data"][0]["paragraphs"][0]["qas"][0].update(question="  "),
-     "qas[0] (id=q1): field 'question' must be a non-empty string"),
-    (lambda t: t["data"][0]["paragraphs"][0]["qas"][0].update(id=""), "qas[0]: field 'id' must be a non-empty string"),
-    (lambda t: t["data"][0]["paragraphs"][0]["qas"][0]["answers"][0].update(text="", answer_start=0),
-     "answers[0].text must be a non-empty string"),
-    (lambda t: t["data"][0]["paragraphs"][0].update(context=""), "paragraph needs a non-empty 'context'"),
-])
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (
+            lambda t: t["data"][0]["paragraphs"][0]["qas"][0]["answers"][0].update(answer_start=5),
+            "data[0].paragraphs[0].qas[0] (id=q1): answers[0].answer_start=5 does not point at its text 'cat'",
+        ),
+        (
+            lambda t: t["data"][0]["paragraphs"][0]["qas"][0].pop("question"),
+            "data[0].paragraphs[0].qas[0]: missing field 'question'",
+        ),
+        (
+            lambda t: t["data"][0]["paragraphs"][0].pop("context"),
+            "data[0].paragraphs[0]: paragraph needs a non-empty 'context'",
+        ),
+        (lambda t: t["data"][0]["paragraphs"][0]["qas"][1].update(id="q1"), "duplicate question id 'q1'"),
+        (lambda t: t.pop("data"), "expected a JSON object with a 'data' list"),
+        (
+            lambda t: t["data"][0]["paragraphs"][0]["qas"][1].update(answers=[{"text": "cat", "answer_start": 4}]),
+            "is_impossible is true but answers are given",
+        ),
+        (
+            lambda t: t["data"][0]["paragraphs"][0]["qas"][1].update(answers=None),
+            "qas[1] (id=q2): field 'answers' must be a list (unanswerable: []), got NoneType",
+        ),
+        (
+            lambda t: t["data"][0]["paragraphs"][0]["qas"][0].update(question="  "),
+            "qas[0] (id=q1): field 'question' must be a non-empty string",
+        ),
+        (
+            lambda t: t["data"][0]["paragraphs"][0]["qas"][0].update(id=""),
+            "qas[0]: field 'id' must be a non-empty string",
+        ),
+        (
+            lambda t: t["data"][0]["paragraphs"][0]["qas"][0]["answers"][0].update(text="", answer_start=0),
+            "answers[0].text must be a non-empty string",
+        ),
+        (lambda t: t["data"][0]["paragraphs"][0].update(context=""), "paragraph needs a non-empty 'context'"),
+    ],
+)
 def test_squad_corruptions(tmp_path, mutate, needle):
     tree = _tiny_squad()
     mutate(tree)

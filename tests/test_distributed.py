@@ -18,7 +18,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from tests.conftest import REPO, assert_close_to_scale
@@ -32,11 +31,27 @@ ADAM_FLOOR = LR * STEPS * 1e-4
 
 
 def _args(data_dir, model_dir, method, extra=()):
-    return ["train", "--task", "mrpc", "--method", method, "--lr", str(LR), "--config", str(REPO / "configs" / "demo.yaml"),
-            f"data.data_dir={data_dir}", f"model.name_or_path={model_dir}",
-            "data.subsample={train: 48, validation: 12, test: 12}", "train.effective_batch=8", "train.micro_batch=4",
-            f"train.max_steps={STEPS}", "train.evals_per_epoch=2", "train.eval_batch_size=12", "train.checkpoint_every=1",
-            *extra]
+    return [
+        "train",
+        "--task",
+        "mrpc",
+        "--method",
+        method,
+        "--lr",
+        str(LR),
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        f"data.data_dir={data_dir}",
+        f"model.name_or_path={model_dir}",
+        "data.subsample={train: 48, validation: 12, test: 12}",
+        "train.effective_batch=8",
+        "train.micro_batch=4",
+        f"train.max_steps={STEPS}",
+        "train.evals_per_epoch=2",
+        "train.eval_batch_size=12",
+        "train.checkpoint_every=1",
+        *extra,
+    ]
 
 
 def _port() -> int:
@@ -49,18 +64,35 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def torchrun(out: Path, args: list[str], nproc: int = 2, wait: bool = True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-           "--master_port", str(_port()), "-m", "lorascope.cli.main", *args, "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_port()),
+        "-m",
+        "lorascope.cli.main",
+        *args,
+        "--out",
+        str(out),
+    ]
     if not wait:
-        return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
     res = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 
 
 def single(out: Path, args: list[str]):
-    res = subprocess.run([sys.executable, "-m", "lorascope.cli.main", *args, "--out", str(out)], env=ENV,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "lorascope.cli.main", *args, "--out", str(out)], env=ENV, capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr[-3000:]
 
 
@@ -101,7 +133,7 @@ def test_ddp_two_ranks_match_one_rank_with_accumulation(runs, method):
 @pytest.mark.parametrize("method", ["ft", "lora"])
 def test_only_rank_zero_writes(runs, method):
     out = runs / f"ddp-{method}"
-    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in lines if "loss" in r]
     assert steps == list(range(1, STEPS + 1))  # one line per step, not one per rank
     assert json.loads((out / "manifest.json").read_text())["status"] == "completed"
@@ -150,7 +182,7 @@ def test_killed_ddp_run_resumes(runs, tmp_path, data_dir, model_dir, resume_rank
         torchrun(out, ddp)
     else:  # world size changes: the single-process run picks up the DDP checkpoint
         single(out, _args(data_dir, model_dir, "lora"))
-    events = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "resumed" for e in events)
     ref = final_weights(runs / "ddp-lora")
     got = final_weights(out)

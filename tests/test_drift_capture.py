@@ -44,7 +44,9 @@ def test_pooling_shapes():
 def test_identity_and_perturbation(models, tokenizer, mrpc_data):
     base, noisy = models
     prompts = probe_set(mrpc_data, 40, seed=0).prompts
-    res = layer_drift(base, {"same": base, "noisy": noisy}, tokenizer, prompts, batch_size=16, max_length=512, device=CPU)
+    res = layer_drift(
+        base, {"same": base, "noisy": noisy}, tokenizer, prompts, batch_size=16, max_length=512, device=CPU
+    )
     same, moved = res["same"]["mean"], res["noisy"]["mean"]
     assert len(same) == 6  # embeddings + 5 blocks
     assert all(abs(r["linear_cka"] - 1) < 1e-9 and abs(r["linear_cka_debiased"] - 1) < 1e-9 for r in same)

@@ -16,9 +16,19 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from lorascope.cli.similarity_cmd import register
-from lorascope.drift import (CosineAccumulator, LinearCKAAccumulator, SimilarityInputError, cosine_similarity,
-                             hsic_unbiased, linear_cka, linear_cka_all, linear_cka_debiased,
-                             linear_cka_debiased_gram, linear_cka_gram, rbf_cka)
+from lorascope.drift import (
+    CosineAccumulator,
+    LinearCKAAccumulator,
+    SimilarityInputError,
+    cosine_similarity,
+    hsic_unbiased,
+    linear_cka,
+    linear_cka_all,
+    linear_cka_debiased,
+    linear_cka_debiased_gram,
+    linear_cka_gram,
+    rbf_cka,
+)
 
 FAST = settings(max_examples=20, deadline=None)
 MEASURES = {"linear": linear_cka, "debiased": linear_cka_debiased, "rbf": rbf_cka}

@@ -21,8 +21,8 @@ from lorascope.io import atomic_write_json
 from lorascope.manifest import is_completed, run_manifest
 from lorascope.models.load import load_causal_lm
 from lorascope.models.lora import apply_lora
-from lorascope.study.drift_stage import run_drift_stage
-from lorascope.study.selection import final_runs
+from lorascope.results.selection import final_runs
+from tests.conftest import run_stage
 
 
 def _run_folder(root, cfg, task, method, rep, make):
@@ -69,8 +69,12 @@ def results(tmp_path_factory, demo_config):
     # A run whose manifest is not completed must be ignored.
     (root / "mrpc" / "runs" / "mrpc-lora-lr0.001-r1").mkdir(parents=True)
     (root / "mrpc" / "runs" / "mrpc-lora-lr0.001-r1" / "results.json").write_text('{"run": {}}')
-    out = run_drift_stage(cfg, root, "mrpc")
-    return cfg, root, out
+    return cfg, root, drift(cfg, root)
+
+
+def drift(cfg, root) -> dict:
+    run_stage(cfg, root, "drift", ["mrpc"])
+    return json.loads((root / "mrpc" / "drift" / "drift.json").read_text())
 
 
 def test_only_completed_runs_are_read(results):
@@ -122,24 +126,24 @@ def test_outputs_written_and_consistent(results):
     for pooling in cfg.drift.poolings:
         assert (folder / "figures" / f"similarity_{pooling}.png").stat().st_size > 10_000
     assert (folder / "figures" / "forgetting.png").is_file()
-    assert "| mrpc | in_task | mean |" in (folder / "drift.md").read_text()
 
 
 def test_rerun_skips_and_new_settings_recompute(results, monkeypatch):
     cfg, root, out = results
-    import lorascope.study.drift_stage as stage
+    import lorascope.drift.analysis as analysis
+    from lorascope.study.executors import StudyFailed
 
     def boom(*a, **k):
         raise AssertionError("recomputed a completed drift stage")
 
-    monkeypatch.setattr(stage, "measure", boom)
-    assert run_drift_stage(cfg, root, "mrpc")["scores"] == out["scores"]
+    monkeypatch.setattr(analysis, "measure", boom)
+    assert drift(cfg, root)["scores"] == out["scores"]  # the same job key: skipped
     changed = cfg.model_copy(update={"drift": cfg.drift.model_copy(update={"batch_size": 4})})
-    with pytest.raises(AssertionError, match="recomputed"):
-        run_drift_stage(changed, root, "mrpc")
+    with pytest.raises(StudyFailed, match="recomputed"):
+        drift(changed, root)
     assert not is_completed(root / "mrpc" / "drift")  # a failed recompute never leaves a completed manifest
     monkeypatch.undo()
-    again = run_drift_stage(changed, root, "mrpc")  # batching must not change any result
+    again = drift(changed, root)  # batching must not change any result
     for a, b in zip(again["scores"], out["scores"]):
         assert a["drift"] == pytest.approx(b["drift"], abs=1e-9)
 

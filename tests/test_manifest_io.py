@@ -15,7 +15,18 @@ def test_manifest_records_section13_fields(tmp_path):
         m["extra_key"] = 1
     man = json.loads((tmp_path / MANIFEST).read_text())
     assert man["status"] == "completed" and is_completed(tmp_path)
-    for key in ("config", "config_hash", "seeds", "packages", "python", "hardware", "git", "data_files", "started", "finished"):
+    for key in (
+        "config",
+        "config_hash",
+        "seeds",
+        "packages",
+        "python",
+        "hardware",
+        "git",
+        "data_files",
+        "started",
+        "finished",
+    ):
         assert man[key] not in (None, {}, []) or key == "git", key
     assert man["seeds"]["bootstrap"] == 0 and "torch" in man["packages"] and man["extra_key"] == 1
     assert "cpu" in man["hardware"] and set(man["git"]) == {"commit", "dirty"}

@@ -82,7 +82,9 @@ def evaluate2(dataset: dict, preds: dict[str, str]) -> dict[str, float]:
             for qa in para["qas"]:
                 golds = [a["text"] for a in qa["answers"] if tokens2(a["text"])] or [""]
                 pred = preds[qa["id"]]
-                rows.append((len(qa["answers"]) > 0, max(exact2(g, pred) for g in golds), max(f1_2(g, pred) for g in golds)))
+                rows.append(
+                    (len(qa["answers"]) > 0, max(exact2(g, pred) for g in golds), max(f1_2(g, pred) for g in golds))
+                )
     out: dict[str, float] = {}
     for prefix, sel in (("", rows), ("HasAns_", [r for r in rows if r[0]]), ("NoAns_", [r for r in rows if not r[0]])):
         if sel:
@@ -115,9 +117,7 @@ def test_boundary_cases_where_token_filtering_would_differ(raw: str, expected: s
     assert normalize_answer(raw) == norm2(raw) == expected
 
 
-_ALPHABET = (
-    string.ascii_letters + string.digits + " \t\n\u00a0" + string.punctuation + "“”‘’" + "éÉàÀçñÑüÜßøİ\u0301²"
-)
+_ALPHABET = string.ascii_letters + string.digits + " \t\n\u00a0" + string.punctuation + "“”‘’" + "éÉàÀçñÑüÜßøİ\u0301²"
 _WORDS = ["a", "an", "the", "An", "THE", "A", "The", "cat", "dog", "théâtre", "ann", "then"]
 _piece = st.one_of(st.sampled_from(_WORDS), st.text(alphabet=_ALPHABET, max_size=4))
 _sep = st.sampled_from(["", " ", "  ", "\t", "\n", "-", ", ", ".", "“", "’"])
@@ -193,15 +193,26 @@ def _dataset(qas: list[tuple[str, list[str]]]) -> dict:
 
 
 def test_hand_computed_mixed() -> None:
-    data = _dataset([("q1", ["The Eiffel Tower", "Eiffel Tower in Paris"]), ("q2", ["red dog barks"]), ("q3", []), ("q4", [])])
+    data = _dataset(
+        [("q1", ["The Eiffel Tower", "Eiffel Tower in Paris"]), ("q2", ["red dog barks"]), ("q3", []), ("q4", [])]
+    )
     preds = {"q1": "eiffel tower!", "q2": "The big red dog", "q3": "", "q4": "Paris"}
     # q1: "eiffel tower" == gold 1 -> EM 1, F1 1
     # q2: pred [big, red, dog] vs gold [red, dog, barks]: common 2, P = R = 2/3 -> EM 0, F1 2/3
     # q3: unanswerable, empty pred -> EM 1, F1 1;  q4: unanswerable, non-empty pred -> EM 0, F1 0
     # exact = 100*2/4 = 50; f1 = 100*(1 + 2/3 + 1 + 0)/4 = 66.67; HasAns: EM 50, F1 100*(5/3)/2 = 83.33
     # NoAns: EM 50, F1 50
-    expected = {"exact": 50.0, "f1": 200 / 3, "total": 4, "HasAns_exact": 50.0, "HasAns_f1": 250 / 3,
-                "HasAns_total": 2, "NoAns_exact": 50.0, "NoAns_f1": 50.0, "NoAns_total": 2}
+    expected = {
+        "exact": 50.0,
+        "f1": 200 / 3,
+        "total": 4,
+        "HasAns_exact": 50.0,
+        "HasAns_f1": 250 / 3,
+        "HasAns_total": 2,
+        "NoAns_exact": 50.0,
+        "NoAns_f1": 50.0,
+        "NoAns_total": 2,
+    }
     official = evaluate_official(data, preds)
     assert list(official) == list(expected)
     _assert_same(dict(official), expected)

@@ -24,11 +24,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from lorascope.cli import report_cmd
+from lorascope.cli import folder_cmds
 from lorascope.config.schema import StudyConfig
 from lorascope.errors import LorascopeError, ReportError
 from lorascope.report.load import SERVE_FIGURES, TASK_FIGURES
-from lorascope.report.stage import run_report_stage, write_report
+from tests.conftest import run_stage
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
 TASKS = ("mrpc", "squad_v2")
@@ -55,6 +55,17 @@ def results(tmp_path: Path) -> Path:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(_png((i * 10 % 256, 100, 200)))
     return root
+
+
+def write_report(root: Path, cfg: StudyConfig | None = None) -> Path:
+    """The report of ``root`` with the study's stage declarations (what the report stage renders)."""
+    from lorascope.report.write import write_report as write
+    from lorascope.study.stages import declared_sections, flow
+
+    given = cfg
+    cfg = cfg or StudyConfig()
+    return write(root, declared_sections(cfg), flow=flow(cfg), config=given.model_dump(mode="json") if given else None,
+                 tasks=list(given.data.tasks) if given else None)
 
 
 def normalise_html(html: str) -> str:
@@ -95,11 +106,14 @@ def test_verdict_badges_and_content(results: Path):
     md = (write_report(results).parent / "report.md").read_text(encoding="utf-8")
     assert "| mrpc | **✔ passed** | **✔ met** | **✔ met** | **✔ met** | **✔ met** |" in md
     # the gate failed for SQuAD: not assessable whatever A, B and C say, and so is the study
-    assert "| squad_v2 | **⊘ not assessable** | **✔ met** | **✘ not met** | **? inconclusive** | **⊘ not assessable** |" in md
+    assert (
+        "| squad_v2 | **⊘ not assessable** | **✔ met** | **✘ not met** | **? inconclusive** | **⊘ not assessable** |"
+        in md
+    )
     assert "| all tasks |  |  |  |  | **⊘ not assessable** |" in md
     # ... and the report says so first, with the numbers, before its contents
     first = md.index("> **⊘ squad_v2: not assessable")
-    assert first < md.index("## Contents") and "always_no_answer 50.07" in md[first:md.index("## Contents")]
+    assert first < md.index("## Contents") and "always_no_answer 50.07" in md[first : md.index("## Contents")]
     assert "> **Caveat:** Synthetic fixture" in md
     assert "dev-only" in md and "2 seeds (protocol: 5" in md
     assert "Missing stages" not in md
@@ -172,8 +186,10 @@ def test_config_tasks_used_when_the_folder_has_no_manifest(results: Path):
     assert re.search(r"^> - data \(squad_v2\): squad_v2/data_stats.json not found", md, re.M)
 
 
-@pytest.mark.parametrize("rel,content", [("stats/stats.json", "{\"tasks\": "), ("mrpc/drift/drift.json", "[1, 2]"),
-                                         ("serve/serve.json", "\x00\x01")])
+@pytest.mark.parametrize(
+    "rel,content",
+    [("stats/stats.json", '{"tasks": '), ("mrpc/drift/drift.json", "[1, 2]"), ("serve/serve.json", "\x00\x01")],
+)
 def test_corrupt_json_names_the_file(results: Path, rel: str, content: str):
     (results / rel).write_text(content)
     with pytest.raises(ReportError, match=re.escape(str(results / rel))):
@@ -189,16 +205,21 @@ def test_unexpected_shape_is_a_report_error(results: Path):
         write_report(results)
 
 
-def test_run_report_stage_writes_under_a_manifest(results: Path):
-    html = run_report_stage(StudyConfig(), results)
+def test_report_stage_writes_under_a_manifest(results: Path):
+    from lorascope.results.config import folder_config
+
+    (outcome,) = run_stage(folder_config(results), results, "report")
     man = json.loads((results / "report" / "manifest.json").read_text())
-    assert html.is_file() and man["status"] == "completed" and man["command"] == "report"
-    assert sorted(man["outputs"]) == ["report.html", "report.md", "study_flow.svg"]
+    assert (results / outcome["result"]["path"]).is_file() and man["status"] == "completed"
+    assert man["command"] == "report" and man["identity"] == outcome["key"]
+    assert sorted(man["outputs"]) == ["../summary.md", "report.html", "report.md", "study_flow.svg"]
+    summary = (results / "summary.md").read_text()
+    assert "not assessable" in summary and "Verdict" in summary  # the short version: the answer and the results
 
 
 def test_cli(results: Path, tmp_path: Path):
     app = typer.Typer()
-    report_cmd.register(app)
+    folder_cmds.register(app)
     app.command("noop")(lambda: None)  # a second command keeps typer from collapsing the group
     res = CliRunner().invoke(app, ["report", str(results)])
     assert res.exit_code == 0, res.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lorascope.io import atomic_write_json
 from lorascope.manifest import run_manifest
-from lorascope.study.selection import final_runs
+from lorascope.results.selection import final_runs
 
 
 def _run(root, method, lr, rep, completed=True, hpo=False):

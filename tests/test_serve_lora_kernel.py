@@ -20,8 +20,7 @@ import pytest
 import torch
 
 from lorascope.serve.fused_lora import reference_projection, route, row_adapters
-from lorascope.serve.lora_kernel import (Config, Workspace, fused_lora_linear, heuristic_config, interpreting,
-                                         lora_cols)
+from lorascope.serve.lora_kernel import Config, Workspace, fused_lora_linear, heuristic_config, interpreting, lora_cols
 
 
 def _problem(widths, k_dim, n_adapters, r, rows, dtype, seed):

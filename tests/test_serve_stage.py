@@ -53,7 +53,7 @@ def served(results, model_dir, data_dir):
     mp = pytest.MonkeyPatch()
     mp.setattr(NativeLlama, "routing", swapped_when_k4)
     try:
-        from lorascope.serve.stage import run_serve_stage
+        from lorascope.serve.folder_bench import run_folder_benchmark as run_serve_stage
 
         messages = []
         result = run_serve_stage(cfg, results, progress=messages.append, device="cpu")
@@ -120,10 +120,10 @@ def test_vllm_absent_is_skipped_with_a_reason(served):
 
 
 def test_cli_registers_serve_bench():
-    from lorascope.cli import serve_cmd
+    from lorascope.cli import folder_cmds
 
     app = typer.Typer()
-    serve_cmd.register(app)
+    folder_cmds.register(app)
 
     @app.command("noop")
     def noop():  # a second command, so typer keeps "serve-bench" as a sub-command name
@@ -132,4 +132,4 @@ def test_cli_registers_serve_bench():
     out = CliRunner().invoke(app, ["serve-bench", "--help"])
     assert out.exit_code == 0 and "RESULTS_DIR" in out.output
     missing = CliRunner().invoke(app, ["serve-bench", "/nonexistent/results"])
-    assert missing.exit_code == 2 and "no completed final LoRA run" in missing.output
+    assert missing.exit_code == 2 and "results folder not found" in missing.output

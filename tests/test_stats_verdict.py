@@ -8,8 +8,21 @@ import math
 
 import pytest
 
-from lorascope.stats.verdict import (INCONCLUSIVE, MET, MISSING, NOT_ASSESSABLE, NOT_MET, STATES, criterion_a,
-                                     criterion_b, criterion_c, kleene_and, kleene_or, study_verdict, verdict)
+from lorascope.stats.verdict import (
+    INCONCLUSIVE,
+    MET,
+    MISSING,
+    NOT_ASSESSABLE,
+    NOT_MET,
+    STATES,
+    criterion_a,
+    criterion_b,
+    criterion_c,
+    kleene_and,
+    kleene_or,
+    study_verdict,
+    verdict,
+)
 
 T975_DF2 = 4.302652729911275  # t_{0.975, 2}, as tabulated
 

@@ -26,7 +26,9 @@ SMALL = ["data.subsample={train: 40, validation: 12, test: 12}", "train.effectiv
 
 @pytest.fixture(scope="module")
 def cfg(data_dir, model_dir):
-    return load_config(REPO / "configs" / "demo.yaml", [f"data.data_dir={data_dir}", f"model.name_or_path={model_dir}", *SMALL])
+    return load_config(
+        REPO / "configs" / "demo.yaml", [f"data.data_dir={data_dir}", f"model.name_or_path={model_dir}", *SMALL]
+    )
 
 
 def losses(out: Path) -> list[float]:
@@ -107,11 +109,29 @@ def test_nan_loss_fails_the_run_and_records_nothing(cfg, tmp_path):
 def test_collapse_without_nan_fails_the_run(cfg, tmp_path, data_dir, model_dir):
     """Issue 13: lr 1e6 for 2 steps gave every test example the uniform distribution (−ln 512 per token), no NaN,
     and a "completed" run with 38.54 accuracy. The run must fail as diverged, with diagnostics, and record nothing."""
-    args = ["--task", "mrpc", "--method", "lora", "--lr", "1e6", "--config", str(REPO / "configs" / "demo.yaml"),
-            f"data.data_dir={data_dir}", f"model.name_or_path={model_dir}", *SMALL[:-3], "train.max_steps=2",
-            "data.tasks=[mrpc]", "--out", str(tmp_path / "c")]
-    res = subprocess.run([sys.executable, "-m", "lorascope.cli.main", "train", *args], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [
+        "--task",
+        "mrpc",
+        "--method",
+        "lora",
+        "--lr",
+        "1e6",
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        f"data.data_dir={data_dir}",
+        f"model.name_or_path={model_dir}",
+        *SMALL[:-3],
+        "train.max_steps=2",
+        "data.tasks=[mrpc]",
+        "--out",
+        str(tmp_path / "c"),
+    ]
+    res = subprocess.run(
+        [sys.executable, "-m", "lorascope.cli.main", "train", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode != 0 and "diverged" in res.stderr
     failed = json.loads((tmp_path / "c" / "failed.json").read_text())
     assert "uniform" in failed["reason"] or "ignores its input" in failed["reason"] or "exceeds" in failed["reason"]
@@ -121,11 +141,15 @@ def test_collapse_without_nan_fails_the_run(cfg, tmp_path, data_dir, model_dir):
 
 def test_collapse_checks_by_hand(model_dir, tokenizer):
     """The two output checks on a real model, a uniform one and an input-blind one; the loss check by numbers."""
-    from lorascope.models.load import load_causal_lm
     from lorascope.config.schema import ModelConfig
+    from lorascope.models.load import load_causal_lm
     from lorascope.train.collapse import loss_exploded, output_collapse
 
-    prompts = ["Sentence 1: a cat\nAnswer:", "Sentence 1: the dog ran home\nAnswer:", "Context: x\nQuestion: y\nAnswer:"]
+    prompts = [
+        "Sentence 1: a cat\nAnswer:",
+        "Sentence 1: the dog ran home\nAnswer:",
+        "Context: x\nQuestion: y\nAnswer:",
+    ]
     model = load_causal_lm(ModelConfig(name_or_path=str(model_dir)))
     healthy = output_collapse(model, tokenizer, prompts, device=torch.device("cpu"), max_length=64)
     assert not healthy["collapsed"] and healthy["entropy_fraction_of_uniform"] < 0.9
@@ -136,6 +160,7 @@ def test_collapse_checks_by_hand(model_dir, tokenizer):
     # a model that started uniform (random weights) has not collapsed by staying so
     again = output_collapse(model, tokenizer, prompts, device=torch.device("cpu"), max_length=64, baseline=flat)
     assert not again["collapsed"]
+
     class Blind(torch.nn.Module):  # confident, far from uniform, and the same whatever the input
         def forward(self, input_ids, attention_mask):
             logits = torch.zeros(512)
@@ -148,16 +173,32 @@ def test_collapse_checks_by_hand(model_dir, tokenizer):
 
 
 def test_kill_and_resume_gives_identical_weights(cfg, tmp_path, data_dir, model_dir):
-    args = ["--task", "mrpc", "--method", "lora", "--lr", "5e-3", "--config", str(REPO / "configs" / "demo.yaml"),
-            f"data.data_dir={data_dir}", f"model.name_or_path={model_dir}", *SMALL[:-3],
-            "train.max_steps=14", "train.epochs={mrpc: 3}", "train.checkpoint_every=2", "train.evals_per_epoch=1",
-            "data.tasks=[mrpc]"]
+    args = [
+        "--task",
+        "mrpc",
+        "--method",
+        "lora",
+        "--lr",
+        "5e-3",
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        f"data.data_dir={data_dir}",
+        f"model.name_or_path={model_dir}",
+        *SMALL[:-3],
+        "train.max_steps=14",
+        "train.epochs={mrpc: 3}",
+        "train.checkpoint_every=2",
+        "train.evals_per_epoch=1",
+        "data.tasks=[mrpc]",
+    ]
     cmd = [sys.executable, "-m", "lorascope.cli.main", "train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ref = subprocess.run(cmd + ["--out", str(tmp_path / "ref"), *args], env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-2000:]
     out = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + ["--out", str(out), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd + ["--out", str(out), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "checkpoints" / "LATEST").exists():
         time.sleep(0.02)
@@ -168,20 +209,23 @@ def test_kill_and_resume_gives_identical_weights(cfg, tmp_path, data_dir, model_
     assert not (out / "results.json").exists()
     res = subprocess.run(cmd + ["--out", str(out), *args], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert any(json.loads(l).get("event") == "resumed" for l in (out / "metrics.jsonl").read_text().splitlines())
+    assert any(json.loads(line).get("event") == "resumed" for line in (out / "metrics.jsonl").read_text().splitlines())
     final_ref = load_file(tmp_path / "ref" / "checkpoints" / "step-000014" / "weights.safetensors")
     final_res = load_file(out / "checkpoints" / "step-000014" / "weights.safetensors")
     assert final_ref.keys() == final_res.keys()
     assert all(torch.equal(final_ref[k], final_res[k]) for k in final_ref)  # bit for bit
     assert losses(tmp_path / "ref") == losses(out)
-    assert json.loads((out / "results.json").read_text())["test"] == json.loads((tmp_path / "ref" / "results.json").read_text())["test"]
+    assert (
+        json.loads((out / "results.json").read_text())["test"]
+        == json.loads((tmp_path / "ref" / "results.json").read_text())["test"]
+    )
 
 
 def test_hpo_never_reads_test(cfg, tmp_path, monkeypatch):
+    from lorascope.data.load import load_task
     from lorascope.train import evaluate as ev_mod
     from lorascope.train import hpo
     from lorascope.train.holdout import TestSplitAccessError, without_test
-    from lorascope.data.load import load_task
 
     data = load_task("mrpc", cfg.data, seed=0, apply_subsample=True)
     test_ids = {e.id for e in data["test"]}
@@ -288,3 +332,13 @@ def test_hpo_grid_change_and_divergence(cfg, tmp_path):
     c.ft.lr_grid = [2e-3]  # a new grid in the same folder: only its own trials count
     s2 = hpo.run_hpo(c, "mrpc", "ft", tmp_path / "h")
     assert [t["lr"] for t in s2["trials"]] == [2e-3] and s2["best_lr"] == 2e-3
+
+
+def test_a_restart_without_checkpoint_drops_the_killed_attempts_log(tmp_path):
+    """A run killed before its first checkpoint restarts at step 0: its earlier step lines must go (the Ray
+    rehearsal saw steps 1–6 followed by 1–16 in one metrics.jsonl)."""
+    from lorascope.train.run import _truncate_metrics_log
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3)))
+    _truncate_metrics_log(tmp_path)
+    assert [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == []

@@ -3,9 +3,9 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lorascope.config.schema import SeedsConfig
 from lorascope.train.batching import epoch_batches, micro_batches
 from lorascope.train.seeds import derive_seed, run_seeds
-from lorascope.config.schema import SeedsConfig
 
 
 @given(st.lists(st.integers(1, 500), min_size=1, max_size=300), st.integers(1, 16), st.integers(0, 3))
@@ -14,7 +14,9 @@ def test_epoch_batches_are_a_partition_of_full_batches(lengths, bs, epoch):
     batches = epoch_batches(lengths, bs, seed=1, epoch=epoch, group=4)
     flat = [i for b in batches for i in b]
     assert len(flat) == len(set(flat)) and all(len(b) == bs for b in batches)
-    assert len(flat) >= len(lengths) - (len(lengths) // (bs * 4) + 1) * bs  # at most one partial batch per group dropped
+    assert (
+        len(flat) >= len(lengths) - (len(lengths) // (bs * 4) + 1) * bs
+    )  # at most one partial batch per group dropped
 
 
 def test_seeded_and_epoch_dependent():

@@ -9,13 +9,29 @@ import numpy as np
 import pytest
 import torch
 
+from lorascope.weights import (
+    LLAMA_MODULE_TYPES,
+    apply_delta_transform,
+    dare,
+    dare_mask,
+    effective_rank,
+    energy_curve,
+    ft_deltas,
+    hoyer_sparsity,
+    intruder_dimensions,
+    kept_count,
+    left_singular_vectors,
+    lora_deltas,
+    magnitude_prune,
+    module_report,
+    near_zero_fraction,
+    rank_at_energy,
+    stable_rank,
+    top_left_singular_vectors,
+    weights_report,
+    weights_reports,
+)
 from tests.conftest import assert_close_to_scale
-
-from lorascope.weights import (LLAMA_MODULE_TYPES, apply_delta_transform, dare, dare_mask, effective_rank,
-                               energy_curve, ft_deltas, hoyer_sparsity, intruder_dimensions, kept_count,
-                               left_singular_vectors, lora_deltas, magnitude_prune, module_report,
-                               near_zero_fraction, rank_at_energy, stable_rank, top_left_singular_vectors,
-                               weights_report, weights_reports)
 
 
 def _orthonormal(n: int, k: int, seed: int) -> torch.Tensor:

@@ -12,12 +12,23 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lorascope.weights import (LLAMA_MODULE_TYPES, LoraFactors, ModuleDelta, apply_delta_transform, intruder_dimensions,
-                               left_singular_vectors, lora_deltas, lora_factors, magnitude_transform, module_report,
-                               resident_deltas, weights_reports)
+from lorascope.weights import (
+    LLAMA_MODULE_TYPES,
+    LoraFactors,
+    ModuleDelta,
+    apply_delta_transform,
+    intruder_dimensions,
+    left_singular_vectors,
+    lora_deltas,
+    lora_factors,
+    magnitude_transform,
+    module_report,
+    resident_deltas,
+    weights_reports,
+)
 from lorascope.weights.intruders import refined_top_left, top_left_singular_vectors
 from lorascope.weights.prefetch import Prefetched
-from lorascope.weights.spectra import (gram_or_svd_singular_values, left_singular_basis, lowrank_singular_values)
+from lorascope.weights.spectra import gram_or_svd_singular_values, left_singular_basis, lowrank_singular_values
 
 EPS = torch.finfo(torch.float64).eps
 
@@ -89,7 +100,8 @@ def test_left_singular_basis_matches_the_svd(shape):
     u = left_singular_basis(w)
     k = min(shape)
     assert u.shape == (shape[0], k)
-    torch.testing.assert_close(u.T @ u, torch.eye(k, dtype=torch.float64), rtol=0, atol=1e-12)  # orthonormal to rounding
+    # orthonormal to rounding
+    torch.testing.assert_close(u.T @ u, torch.eye(k, dtype=torch.float64), rtol=0, atol=1e-12)
     # Same vectors up to sign: error ≈ eps·λ_1 / (eigenvalue gap) ≤ ~1e-11 for these simple spectra.
     torch.testing.assert_close((u * u_ref).sum(0).abs(), torch.ones(k, dtype=torch.float64), rtol=0, atol=1e-9)
 
@@ -108,7 +120,7 @@ W_BASE = U @ torch.diag(S) @ V.T
 def test_intruders_with_the_fast_basis_equal_the_svd_basis(transpose):
     # A rank-4 LoRA along directions new to W_base: 3 intruders in the top 10 (test_weights.py derives them).
     t = torch.tensor([25.0, 15.0, 7.5, 0.5], dtype=torch.float64)
-    b, a = X[:, :4] @ torch.diag(t), V[:, N - 4:].T
+    b, a = X[:, :4] @ torch.diag(t), V[:, N - 4 :].T
     base = W_BASE.T if transpose else W_BASE
     tuned = base + ((b @ a).T if transpose else b @ a)
     ref = intruder_dimensions(None, tuned, U_base=left_singular_vectors(base))
@@ -121,14 +133,14 @@ def test_intruders_with_the_fast_basis_equal_the_svd_basis(transpose):
 
 @pytest.mark.parametrize("shape", [(60, 90), (90, 60)])
 def test_gram32_top_vectors_are_within_their_bound_of_the_float64_ones(shape):
-    w = _randn(*shape, seed=9)                       # Gaussian: a flat top spectrum, the hard case for gaps
+    w = _randn(*shape, seed=9)  # Gaussian: a flat top spectrum, the hard case for gaps
     exact, s_exact, _ = top_left_singular_vectors(w, 10, method="gram")
     res = refined_top_left(w, 10)
     assert res is not None
     u, s, bound = res
     err = torch.linalg.vector_norm(u - exact * torch.sign((u * exact).sum(0)), dim=0)
-    assert (err <= bound).all() and float(bound.max()) < 1e-3   # the certificate holds and is informative
-    torch.testing.assert_close(s, s_exact, rtol=1e-10, atol=0)    # Ritz values: error ~ residual² / gap
+    assert (err <= bound).all() and float(bound.max()) < 1e-3  # the certificate holds and is informative
+    torch.testing.assert_close(s, s_exact, rtol=1e-10, atol=0)  # Ritz values: error ~ residual² / gap
 
 
 @pytest.mark.parametrize("t_over_s, method", [(3.0, "gram32"), (math.sqrt(3.0), "gram")])
@@ -154,11 +166,19 @@ def test_gram32_in_a_whole_report_gives_the_reference_decisions(tuned_pair):
 
 # ---------------------------------------------------------------- whole reports, fast vs reference
 
+
 def _tiny_llama(seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return LlamaForCausalLM(cfg).eval()
@@ -184,7 +204,7 @@ def tuned_pair(tmp_path_factory):
         model = get_peft_model(base, LoraConfig(target_modules=list(LLAMA_MODULE_TYPES), r=4, lora_alpha=8))
     for i, (name, p) in enumerate(model.named_parameters()):
         if "lora_B" in name:
-            p.data = torch.randn(p.shape, generator=g) * (0.05 if i % 4 else 1.5)   # big in some modules
+            p.data = torch.randn(p.shape, generator=g) * (0.05 if i % 4 else 1.5)  # big in some modules
     model.save_pretrained(tmp / "adapter")
     return base_sd, ft_sd, tmp / "adapter"
 
@@ -222,7 +242,7 @@ def test_fast_report_equals_the_reference_report(tuned_pair):
             np.testing.assert_allclose(fd["max_cos"], rd["max_cos"], rtol=0, atol=1e-9)
             n_intruders += f["intruders"]
         assert fast[label]["layers"][0]["intruders"] == ref[label]["layers"][0]["intruders"]
-    assert n_intruders > 0   # the big-B modules produce intruders: the comparison covers both outcomes
+    assert n_intruders > 0  # the big-B modules produce intruders: the comparison covers both outcomes
     lora = next(m for m in fast["LoRA"]["modules"] if m["frobenius_norm"] > 0)
     assert lora["numerical_rank"] == 4 and lora["singular_values"][4:] == [0.0] * (len(lora["singular_values"]) - 4)
 
@@ -242,15 +262,17 @@ def test_transform_from_factors_on_resident_list_equals_the_delta_list(tuned_pai
     assert all(isinstance(r, ModuleDelta) for r in resident)
     apply_delta_transform(got, resident, magnitude_transform(0.1), device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), got.state_dict().values()))
-    apply_delta_transform(got, lora_factors(adapter, base_sd), None)      # factors accepted directly
+    apply_delta_transform(got, lora_factors(adapter, base_sd), None)  # factors accepted directly
     assert isinstance(next(lora_factors(adapter, base_sd)), LoraFactors)
 
 
 def test_resident_deltas_spill_to_the_cpu_beyond_the_budget():
-    items = [ModuleDelta(f"m{i}", torch.ones(4, 4, dtype=torch.float64), torch.ones(4, 4, dtype=torch.float64))
-             for i in range(3)]
+    items = [
+        ModuleDelta(f"m{i}", torch.ones(4, 4, dtype=torch.float64), torch.ones(4, 4, dtype=torch.float64))
+        for i in range(3)
+    ]
     per_item = 2 * 16 * 8
-    out = resident_deltas(items, "meta", max_bytes=2 * per_item)   # "meta": a device that is not the CPU
+    out = resident_deltas(items, "meta", max_bytes=2 * per_item)  # "meta": a device that is not the CPU
     assert [m.delta.device.type for m in out] == ["meta", "meta", "cpu"]
 
 
@@ -269,4 +291,4 @@ def test_prefetched_keeps_order_and_reraises_errors():
     assert r.next() == 0
     r.close()
     r._thread.join(timeout=5)
-    assert not r._thread.is_alive()   # a consumer that stops early does not leave a thread blocked on put
+    assert not r._thread.is_alive()  # a consumer that stops early does not leave a thread blocked on put

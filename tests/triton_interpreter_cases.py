@@ -38,10 +38,22 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def mask_cases(tie_seed: int) -> list[dict]:
     out = []
-    for M, K, p, seed in ((40, 72, 0.05, 12345), (33, 172, 0.3, 2**61 + 7), (16, 64, 0.0, 1), (64, 128, 0.05, tie_seed)):
+    for M, K, p, seed in (
+        (40, 72, 0.05, 12345),
+        (33, 172, 0.3, 2**61 + 7),
+        (16, 64, 0.0, 1),
+        (64, 128, 0.05, tie_seed),
+    ):
         got = kernels.drop_mask(torch.tensor([seed]), M, K, p)
-        out.append({"shape": [M, K], "p": p, "seed": seed, "equal": bool(torch.equal(got, ~philox.keep_mask(seed, M, K, p))),
-                    "dropped": float(got.float().mean())})
+        out.append(
+            {
+                "shape": [M, K],
+                "p": p,
+                "seed": seed,
+                "equal": bool(torch.equal(got, ~philox.keep_mask(seed, M, K, p))),
+                "dropped": float(got.float().mean()),
+            }
+        )
     return out
 
 
@@ -51,26 +63,42 @@ def group_cases() -> list[dict]:
     def rnd(*shape, dtype=torch.float32, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).to(dtype)
 
-    blocks = kernels.Blocks(shrink_bm=16, shrink_bk=32, in_bm=16, in_bk=32, in_ms=2, out_bm=32, out_bn=16, out_nb=2,
-                            gemm_bm=32, gemm_bn=32, gemm_bk=32).as_list()
+    blocks = kernels.Blocks(
+        shrink_bm=16,
+        shrink_bk=32,
+        in_bm=16,
+        in_bk=32,
+        in_ms=2,
+        out_bm=32,
+        out_bn=16,
+        out_nb=2,
+        gemm_bm=32,
+        gemm_bn=32,
+        gemm_bk=32,
+    ).as_list()
     out = []
     for dtype in (torch.float32, torch.bfloat16):
-        for sizes, expand, p, needs_dx in (((48, 16, 16), "kaug", 0.2, True), ((40,), "addmm", 0.2, True),
-                                          ((24, 24), "triton", 0.2, True), ((48, 16, 16), "kaug", 0.0, False)):
+        for sizes, expand, p, needs_dx in (
+            ((48, 16, 16), "kaug", 0.2, True),
+            ((40,), "addmm", 0.2, True),
+            ((24, 24), "triton", 0.2, True),
+            ((48, 16, 16), "kaug", 0.0, False),
+        ):
             M, K, r = 50, 72, 8  # ragged: neither M nor K a multiple of the tiles
             x = rnd(M, K, dtype=dtype)
             w_aug = torch.zeros(sum(sizes), K + kernels.padded_rank(len(sizes), r), dtype=dtype)
             w_aug[:, :K] = rnd(sum(sizes), K, scale=0.2).to(dtype)
             a_list = [rnd(r, K, scale=0.3) for _ in sizes]
             b_list = [rnd(n, r, scale=0.3) for n in sizes]
-            seeds = torch.tensor([11, 2**40 + 22, 33][:len(sizes)])
+            seeds = torch.tensor([11, 2**40 + 22, 33][: len(sizes)])
             gy = rnd(M, sum(sizes), dtype=dtype)
             res = {}
             for backend in ("torch", "triton"):
                 w = w_aug.clone()
                 y, saved = lora_group_fwd(x, w, a_list, b_list, seeds, K, r, 2.0, p, expand, backend, blocks)
-                dx, da, db = lora_group_bwd(gy, x, saved, w, a_list, b_list, seeds, K, r, 2.0, p, expand, backend,
-                                            blocks, needs_dx)
+                dx, da, db = lora_group_bwd(
+                    gy, x, saved, w, a_list, b_list, seeds, K, r, 2.0, p, expand, backend, blocks, needs_dx
+                )
                 res[backend] = {"y": y, "saved": saved, "dA": da, "dB": db}
                 if needs_dx:
                     res[backend]["dx"] = dx
@@ -78,8 +106,16 @@ def group_cases() -> list[dict]:
                     expect = reference.block_diag_b(b_list, w.shape[1] - K)
                     b_block = rel(w[:, K:], expect) if torch.equal(w[:, :K], w_aug[:, :K]) else float("inf")
             errs = {k: rel(res["triton"][k], res["torch"][k]) for k in res["torch"]}
-            out.append({"dtype": str(dtype), "sizes": list(sizes), "expand": expand, "p": p, "errors": errs,
-                        "b_block_error": b_block})
+            out.append(
+                {
+                    "dtype": str(dtype),
+                    "sizes": list(sizes),
+                    "expand": expand,
+                    "p": p,
+                    "errors": errs,
+                    "b_block_error": b_block,
+                }
+            )
     return out
 
 
@@ -100,13 +136,30 @@ def adamw_cases() -> list[dict]:
         for step in (1, 2, 3):
             grad = torch.randn(n, generator=g).to(grad_dtype)
             clip = torch.tensor(0.7)
-            hp = torch.tensor([lr, wd, b1, b2, eps, 1 - b1 ** step, (1 - b2 ** step) ** 0.5])
+            hp = torch.tensor([lr, wd, b1, b2, eps, 1 - b1**step, (1 - b2**step) ** 0.5])
             adamw_update(master, grad, m, v, work, hp, clip, block=1024)
-            adamw_reference(ref[0], grad, ref[1], ref[2], lr=lr, weight_decay=wd, beta1=b1, beta2=b2, eps=eps,
-                            step=step, clip_coef=clip)
-        out.append({"grad_dtype": str(grad_dtype), "master": rel(master, ref[0]), "exp_avg": rel(m, ref[1]),
-                    "exp_avg_sq": rel(v, ref[2]),
-                    "copy": rel(work.float(), ref[0].to(torch.bfloat16).float()) if copy else 0.0})
+            adamw_reference(
+                ref[0],
+                grad,
+                ref[1],
+                ref[2],
+                lr=lr,
+                weight_decay=wd,
+                beta1=b1,
+                beta2=b2,
+                eps=eps,
+                step=step,
+                clip_coef=clip,
+            )
+        out.append(
+            {
+                "grad_dtype": str(grad_dtype),
+                "master": rel(master, ref[0]),
+                "exp_avg": rel(m, ref[1]),
+                "exp_avg_sq": rel(v, ref[2]),
+                "copy": rel(work.float(), ref[0].to(torch.bfloat16).float()) if copy else 0.0,
+            }
+        )
     return out
 
 

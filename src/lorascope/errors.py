@@ -40,3 +40,7 @@ class StatsInputError(LorascopeError):
 
 class ReportError(LorascopeError):
     """A results file the report reads is corrupt (not JSON, wrong shape). The message names the file."""
+
+
+class AdapterError(LorascopeError):
+    """A LoRA adapter folder is missing, malformed or of a kind lorascope cannot read. The message names it."""

@@ -174,13 +174,15 @@ def is_completed(out_dir: str | Path, config: StudyConfig | None = None, identit
 
 
 @contextlib.contextmanager
-def study_invocation(out_dir: str | Path, config: StudyConfig, *, command: str, extra: dict | None = None
-                     ) -> Iterator[dict]:
+def study_invocation(out_dir: str | Path, config: StudyConfig, *, command: str, extra: dict | None = None,
+                     defines_study: bool = True) -> Iterator[dict]:
     """The study folder's root manifest across invocations of ``lorascope run``: the resolved config, versions
     and hardware of the latest one, and ``invocations`` — every run so far, each with its start, end, status,
     the jobs it ran and skipped, and how its config differed from the previous invocation's — so a no-op rerun adds
     a line instead of erasing the record of the run that produced the results. Yields the new invocation's
-    entry; the body fills ``jobs``. The root's ``status`` is the latest invocation's."""
+    entry; the body fills ``jobs``. The root's ``status`` is the latest invocation's. ``defines_study=False`` (one
+    stage re-run on the folder, e.g. ``lorascope stats DIR stats.confidence=0.9``) records the invocation but keeps
+    the study's own config, versions and status at the top: an analysis override does not redefine the study."""
     import json
     import socket
 
@@ -195,12 +197,13 @@ def study_invocation(out_dir: str | Path, config: StudyConfig, *, command: str, 
     history = list(previous.get("invocations") or [])
     if previous and not history and previous.get("started"):  # a root manifest from before the history existed
         history.append({k: previous.get(k) for k in ("command", "started", "finished", "status")})
-    manifest = build_manifest(config, command=command, extra=extra)
-    before = previous.get("config") if isinstance(previous.get("config"), dict) else manifest["config"]
-    entry = {"command": command, "started": manifest["started"], "finished": None, "status": "running",
-             "host": socket.gethostname(), "pid": os.getpid(), "config_hash": manifest["config_hash"],
-             "git_commit": manifest["git"].get("commit"), "jobs": None,
-             "config_changes": [{"key": k, "before": a, "now": b} for k, a, b in config_diff(before, manifest["config"])
+    fresh = build_manifest(config, command=command, extra=extra)
+    manifest = fresh if defines_study or not previous else {**previous}
+    before = previous.get("config") if isinstance(previous.get("config"), dict) else fresh["config"]
+    entry = {"command": command, "started": fresh["started"], "finished": None, "status": "running",
+             "host": socket.gethostname(), "pid": os.getpid(), "config_hash": fresh["config_hash"],
+             "git_commit": fresh["git"].get("commit"), "jobs": None,
+             "config_changes": [{"key": k, "before": a, "now": b} for k, a, b in config_diff(before, fresh["config"])
                                 if not k.startswith("output.")]}
     history.append(entry)
     manifest["invocations"] = history
@@ -208,7 +211,8 @@ def study_invocation(out_dir: str | Path, config: StudyConfig, *, command: str, 
     def write(status: str, error: str | None = None) -> None:
         entry.update(status=status, finished=None if status == "running" else _now(), **({"error": error} if error
                                                                                           else {}))
-        manifest.update(status=status, finished=entry["finished"], **({"error": error} if error else {}))
+        if manifest is fresh:
+            manifest.update(status=status, finished=entry["finished"], **({"error": error} if error else {}))
         atomic_write_json(out / MANIFEST, manifest)
 
     write("running")

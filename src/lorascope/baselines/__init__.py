@@ -10,6 +10,6 @@
 This package's ``__init__`` imports nothing heavy: the config schema imports :mod:`.settings`.
 """
 
-from lorascope.baselines.settings import BaselinesConfig
+from lorascope.config.baselines import BaselinesConfig
 
 __all__ = ["BaselinesConfig"]

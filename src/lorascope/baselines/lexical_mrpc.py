@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from lorascope.baselines.settings import BaselinesConfig
+from lorascope.config.baselines import BaselinesConfig
 from lorascope.data.types import MrpcExample
 from lorascope.errors import DataError
 from lorascope.metrics.classification import mrpc_metrics

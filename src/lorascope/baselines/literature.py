@@ -49,7 +49,9 @@ class LiteratureRow(BaseModel):
     def cite(self) -> str:
         """Short citation, e.g. "Devlin et al. (2019), NAACL-HLT 2019, Table 1"."""
         authors = self.citation.authors.split(",")
-        first = authors[0].strip() + (" et al." if len(authors) > 2 else f" and {authors[1].strip()}" if len(authors) == 2 else "")
+        first = authors[0].strip() + (
+            " et al." if len(authors) > 2 else f" and {authors[1].strip()}" if len(authors) == 2 else ""
+        )
         return f"{first} ({self.citation.year}), {self.citation.venue}, {self.citation.where}"
 
 

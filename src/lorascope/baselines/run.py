@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lorascope.baselines.settings import BaselinesConfig
+from lorascope.config.baselines import BaselinesConfig
 from lorascope.data.types import TaskData
 from lorascope.errors import DataError
 
@@ -87,7 +87,7 @@ def baselines_markdown(result: dict) -> str:
     task = result["task"]
     lines = [f"### Baselines — {task} (split scheme: {result['split_scheme']}, source: {result['source']})", ""]
     sizes = result.get("sizes", {})
-    lines.append("Sizes: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + f". Evaluated on **test**; "
+    lines.append("Sizes: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + ". Evaluated on **test**; "
                  "τ tuned on validation only. Stratified rows show exact expected values; draws as mean ± sd.")
     lines += [f"> {n}" for n in result.get("notes", [])] + [""]
     if task == "mrpc":

@@ -35,9 +35,15 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from lorascope.baselines.settings import BaselinesConfig
+from lorascope.config.baselines import BaselinesConfig
 from lorascope.data.types import SquadExample
-from lorascope.metrics.squad_v2 import evaluate_examples, gold_answers, get_tokens, normalize_answer, per_question_scores
+from lorascope.metrics.squad_v2 import (
+    evaluate_examples,
+    get_tokens,
+    gold_answers,
+    normalize_answer,
+    per_question_scores,
+)
 
 WORD_RE = re.compile(r"\w+(?:[-'’.,]\w+)*")
 SENTENCE_RE = re.compile(r"(?<=[.!?])\s+")
@@ -80,7 +86,7 @@ def span_scores(answers: Sequence[str], candidates: Sequence[str] | tuple, table
     candidate text, vectorized over candidates with the official arithmetic (bit-identical to
     ``compute_exact`` / ``compute_f1``; checked against them on the whole SQuAD v2 dev set)."""
     norm, counts, vocab, len_pred = table if table is not None else candidate_table(candidates)
-    em = np.zeros(len(norm)); f1 = np.zeros(len(norm))
+    em, f1 = np.zeros(len(norm)), np.zeros(len(norm))
     for g in gold_answers(answers):
         gt = get_tokens(g)
         gvec = np.zeros(counts.shape[1], dtype=np.int64)
@@ -180,7 +186,8 @@ def apply_tau(examples: Sequence[SquadExample], scored: Sequence[tuple[str, floa
     return {ex.id: ("" if conf < tau else text) for ex, (text, conf) in zip(examples, scored)}
 
 
-def tune_tau(examples: Sequence[SquadExample], scored: Sequence[tuple[str, float]], *, split: str) -> tuple[float, dict]:
+def tune_tau(examples: Sequence[SquadExample], scored: Sequence[tuple[str, float]], *,
+             split: str) -> tuple[float, dict]:
     """The tau maximising official F1 on ``examples`` (ties -> smaller tau). Validation split only."""
     if split != "validation":
         raise ValueError(f"tau is tuned on the validation split only, got split={split!r}")
@@ -193,8 +200,9 @@ def tune_tau(examples: Sequence[SquadExample], scored: Sequence[tuple[str, float
     b = np.array([f1_empty[ex.id] for ex in examples])[order]
     grid = np.unique(conf)
     grid = np.append(grid, np.nextafter(grid[-1], np.inf))
-    n_empty = np.searchsorted(conf[order], grid, side="left")                 # conf < tau -> ""
-    cum_a = np.concatenate([[0.0], np.cumsum(a)]); cum_b = np.concatenate([[0.0], np.cumsum(b)])
+    n_empty = np.searchsorted(conf[order], grid, side="left")  # conf < tau -> ""
+    cum_a = np.concatenate([[0.0], np.cumsum(a)])
+    cum_b = np.concatenate([[0.0], np.cumsum(b)])
     total = cum_b[n_empty] + (cum_a[-1] - cum_a[n_empty])
     best = int(np.flatnonzero(total >= total.max() - 1e-9)[0])
     tau = float(grid[best])
@@ -203,17 +211,30 @@ def tune_tau(examples: Sequence[SquadExample], scored: Sequence[tuple[str, float
     return tau, {"grid_size": int(grid.size), "validation": metrics, "validation_always_answer": always}
 
 
-def squad_sliding_window(train: Sequence[SquadExample], validation: Sequence[SquadExample],
-                         test: Sequence[SquadExample], cfg: BaselinesConfig) -> dict:
+def squad_sliding_window(
+    train: Sequence[SquadExample],
+    validation: Sequence[SquadExample],
+    test: Sequence[SquadExample],
+    cfg: BaselinesConfig,
+) -> dict:
     """Fit IDF on train, tune tau on validation, report the official metric on test."""
     assert not {ex.id for ex in validation} & {ex.id for ex in test}, "validation and test share question ids"
     assert not {ex.context for ex in validation} & {ex.context for ex in test}, "validation and test share contexts"
     idf = Idf(cfg.span_idf, [ex.context for ex in train])
     tau, tuning = tune_tau(validation, score_examples(validation, idf, cfg), split="validation")
     preds = apply_tau(test, score_examples(test, idf, cfg), tau)
-    return {"name": "sliding_window_lexical", "metrics": dict(evaluate_examples(list(test), preds)),
-            "params": {"tau": tau, "tau_grid_size": tuning["grid_size"], "tuned_on": "validation",
-                       "validation_metrics": tuning["validation"],
-                       "validation_metrics_always_answer": tuning["validation_always_answer"], "span_idf": cfg.span_idf,
-                       "span_max_words": cfg.span_max_words, "span_window": cfg.span_window,
-                       "span_proximity": cfg.span_proximity}}
+    return {
+        "name": "sliding_window_lexical",
+        "metrics": dict(evaluate_examples(list(test), preds)),
+        "params": {
+            "tau": tau,
+            "tau_grid_size": tuning["grid_size"],
+            "tuned_on": "validation",
+            "validation_metrics": tuning["validation"],
+            "validation_metrics_always_answer": tuning["validation_always_answer"],
+            "span_idf": cfg.span_idf,
+            "span_max_words": cfg.span_max_words,
+            "span_window": cfg.span_window,
+            "span_proximity": cfg.span_proximity,
+        },
+    }

@@ -66,8 +66,8 @@ def mrpc_draws(p: float, y_true: Sequence[int], n_draws: int, rng: np.random.Gen
     while done < n_draws:
         b = min(block, n_draws - done)
         pred = rng.random((b, y.size)) < p
-        tp = (pred & y).sum(1); fp = (pred & ~y).sum(1)
-        fn = (~pred & y).sum(1); tn = (~pred & ~y).sum(1)
+        tp, fp = (pred & y).sum(1), (pred & ~y).sum(1)
+        fn, tn = (~pred & y).sum(1), (~pred & ~y).sum(1)
         for i in range(b):
             out["accuracy"].append(100.0 * (tp[i] + tn[i]) / y.size)
             out["f1"].append(100.0 * f1_from_counts(tp[i], fp[i], fn[i]))
@@ -165,8 +165,8 @@ def squad_draws(examples: Sequence[SquadExample], p: float, length: int, n_draws
     rows = rows if rows is not None else question_tables(examples, length)
     sizes = np.array([len(r[2]) for r in rows])
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    flat_em = np.concatenate([r[2] for r in rows]); flat_f1 = np.concatenate([r[3] for r in rows])
-    empty_em = np.array([r[0] for r in rows]); empty_f1 = np.array([r[1] for r in rows])
+    flat_em, flat_f1 = np.concatenate([r[2] for r in rows]), np.concatenate([r[3] for r in rows])
+    empty_em, empty_f1 = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
     ems, f1s = [], []
     done = 0
     while done < n_draws:

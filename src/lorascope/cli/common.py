@@ -19,6 +19,18 @@ from lorascope.errors import LorascopeError
 console = Console(stderr=True)
 DEFAULT_CONFIG = Path("configs/demo.yaml")
 
+# Options every command spells the same way.
+ConfigOpt = typer.Option(None, "--config", "-c", help="Study YAML (default: configs/demo.yaml if present; a results "
+                         "folder's own config when the command reads one).")
+DataDirOpt = typer.Option(None, "--data-dir", help="Local mirror folder (else $LORASCOPE_DATA_DIR, else config).")
+TaskOpt = typer.Option(..., "--task", "-t", help="mrpc or squad_v2.")
+MethodOpt = typer.Option(..., "--method", "-m", help="ft, lora or lora_qv.")
+JsonOpt = typer.Option(False, "--json", help="Print JSON to stdout.")
+OverridesArg = typer.Argument(None, metavar="[KEY=VALUE]...", help="Dotted config overrides, e.g. data.max_length=256.")
+ResultsDirArg = typer.Argument(
+    ..., metavar="RESULTS_DIR", help="A study results folder (the output root of lorascope run)."
+)
+
 
 def resolve_config(config: Path | None, overrides: list[str] | None) -> StudyConfig:
     """``--config`` (default ``configs/demo.yaml`` when present, else the schema defaults) + overrides."""
@@ -29,18 +41,19 @@ def resolve_config(config: Path | None, overrides: list[str] | None) -> StudyCon
 
 def results_config(results_dir: Path, config: Path | None, overrides: list[str] | None) -> StudyConfig:
     """The config of a command that reads an existing results folder: the folder's own recorded config plus
-    analysis overrides (``lorascope.folder_config``); ``--config``, when given, must agree on the trained runs."""
-    from lorascope.folder_config import folder_config
+    analysis overrides (``lorascope.results.config``); ``--config``, when given, must agree on the trained runs."""
+    from lorascope.results.config import folder_config
 
     given = load_config(config, []) if config is not None else None
     if given is None and DEFAULT_CONFIG.is_file():
         # without a study manifest in the folder, fall back to the default config as every command does
-        from lorascope.folder_config import recorded_config
+        from lorascope.results.config import recorded_config
 
         if recorded_config(results_dir) is None:
             given = load_config(DEFAULT_CONFIG, [])
-    return folder_config(results_dir, overrides, given,
-                         note=lambda msg: console.print(f"[yellow]note:[/] {msg}", highlight=False))
+    return folder_config(
+        results_dir, overrides, given, note=lambda msg: console.print(f"[yellow]note:[/] {msg}", highlight=False)
+    )
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -59,3 +72,13 @@ def user_errors(fn: Callable) -> Callable:
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def print_markdown(text: str) -> None:
+    """Report sections on the terminal: rendered tables when it is one, the Markdown itself when redirected."""
+    if console.is_terminal:
+        from rich.markdown import Markdown
+
+        console.print(Markdown(text))
+    else:
+        console.print(text, highlight=False, markup=False, soft_wrap=True)

@@ -24,8 +24,23 @@ class StudyProgress:
         self.running: list[str] = []
         self.message = ""
         self.task = bar.add_task("starting", total=total)
+        self.lines = not bar.console.is_terminal  # a redirected log gets one line per job instead of a live view
+        self.started: dict[str, float] = {}
+
+    def _line(self, text: str) -> None:
+        import time
+
+        self.bar.console.print(f"{time.strftime('%H:%M:%S')} {text}", highlight=False, markup=False)
 
     def event(self, event: str, job, outcome) -> None:
+        import time
+
+        if self.lines and event == "started":
+            self.started[job.name] = time.time()
+            self._line(f"start  {job.name} ({job.role})")
+        elif self.lines and event in ("completed", "failed", "cancelled"):
+            took = time.time() - self.started.get(job.name, time.time())
+            self._line(f"{event:<9}{job.name}" + (f" in {took:.1f} s" if event != "cancelled" else ""))
         if event == "started":
             self.running.append(job.name)
         else:
@@ -81,12 +96,11 @@ def register(app: typer.Typer) -> None:
                                                    help="Local executor: jobs at once (default: executor.parallel)."),
             data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local data mirror folder."),
             overrides: Optional[list[str]] = overrides_arg):
-        """Run the whole study as a DAG of jobs; skips what is done, resumes what is not; writes summary.md."""
+        """Run the whole study as a DAG of jobs; skips what is done, resumes what is not; ends with the report."""
+        from lorascope.results.config import check_same_training
         from lorascope.study.dag import job_record
         from lorascope.study.engine import run_study
         from lorascope.study.jobs import build_study_dag
-
-        from lorascope.folder_config import check_same_training
 
         cfg = resolve_config(config, overrides)
         out_dir = out or Path(cfg.output.root)
@@ -94,7 +108,7 @@ def register(app: typer.Typer) -> None:
         dag = build_study_dag(cfg, out_dir)
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn())
-        with Progress(*columns, console=console) as bar:
+        with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
             view = StudyProgress(bar, len(dag))
             outcome, summary = run_study(cfg, out_dir, executor=executor, parallel=parallel,
                                          data_dir=str(data_dir) if data_dir else None, on_event=view.event,

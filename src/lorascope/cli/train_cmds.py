@@ -7,13 +7,18 @@ from typing import Optional
 
 import typer
 
-from lorascope.cli.common import console, print_json, resolve_config, user_errors
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="Study YAML (default: configs/demo.yaml if present).")
-DataDirOpt = typer.Option(None, "--data-dir", help="Local mirror folder (else $LORASCOPE_DATA_DIR, else config).")
-TaskOpt = typer.Option(..., "--task", "-t", help="mrpc or squad_v2.")
-MethodOpt = typer.Option(..., "--method", "-m", help="ft, lora or lora_qv.")
-OverridesArg = typer.Argument(None, help="Dotted KEY=VALUE config overrides.")
+from lorascope.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    MethodOpt,
+    OverridesArg,
+    TaskOpt,
+    console,
+    print_json,
+    resolve_config,
+    user_errors,
+)
+from lorascope.results import layout
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +34,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = resolve_config(config, overrides)
         spec = RunSpec(task, method, lr, replicate=seed)
-        out_dir = out or Path(cfg.output.root) / task / "runs" / spec.name
+        out_dir = out or layout.run_dir(cfg.output.root, task, spec.name)
         results = launch_if_distributed(cfg, spec, out_dir, data_dir)
         if results is None:
             results = run_training(cfg, spec, out_dir, data_dir=data_dir)
@@ -45,28 +50,39 @@ def register(app: typer.Typer) -> None:
         from lorascope.train.sanity import run_sanity
 
         cfg = resolve_config(config, overrides)
-        out_dir = out or Path(cfg.output.root) / task / "sanity" / method
+        out_dir = out or layout.sanity_dir(cfg.output.root, task, method)
         verdict = run_sanity(cfg, task, method, out_dir, data_dir=data_dir, lr=lr)
         print_json({k: v for k, v in verdict.items() if k != "records"})
         if not verdict["passed"]:
-            console.print(f"[bold red]sanity gate failed[/] for {task}/{method}: {verdict['metric']} {verdict['score']}")
+            console.print(
+                f"[bold red]sanity gate failed[/] for {task}/{method}: {verdict['metric']} {verdict['score']}"
+            )
             raise typer.Exit(1)
 
     @app.command("hpo")
     @user_errors
-    def hpo(task: str = TaskOpt, method: str = MethodOpt, out: Optional[Path] = typer.Option(None, "--out"),
-            config: Optional[Path] = ConfigOpt, data_dir: Optional[Path] = DataDirOpt,
-            overrides: Optional[list[str]] = OverridesArg):
+    def hpo(
+        task: str = TaskOpt,
+        method: str = MethodOpt,
+        out: Optional[Path] = typer.Option(None, "--out"),
+        config: Optional[Path] = ConfigOpt,
+        data_dir: Optional[Path] = DataDirOpt,
+        overrides: Optional[list[str]] = OverridesArg,
+    ):
         """Learning-rate search on validation (Optuna, SQLite storage; the test split is unreadable)."""
         from lorascope.train.hpo import run_hpo
 
         cfg = resolve_config(config, overrides)
-        print_json(run_hpo(cfg, task, method, out or Path(cfg.output.root) / task / "hpo" / method, data_dir=data_dir))
+        print_json(run_hpo(cfg, task, method, out or layout.hpo_dir(cfg.output.root, task, method), data_dir=data_dir))
 
     @app.command("sweep")
     @user_errors
-    def sweep(task: str = TaskOpt, method: str = MethodOpt, out: Path = typer.Option(Path("sweep.yaml"), "--out"),
-              config: Path = typer.Option(Path("configs/demo.yaml"), "--config", "-c")):
+    def sweep(
+        task: str = TaskOpt,
+        method: str = MethodOpt,
+        out: Path = typer.Option(Path("sweep.yaml"), "--out"),
+        config: Path = typer.Option(Path("configs/demo.yaml"), "--config", "-c"),
+    ):
         """Export a wandb sweep config (then: ``wandb sweep sweep.yaml`` and ``wandb agent ID``)."""
         from lorascope.train.hpo import write_sweep_config
 
@@ -75,8 +91,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command("sweep-run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     @user_errors
-    def sweep_run(ctx: typer.Context, task: str = TaskOpt, method: str = MethodOpt, config: Optional[Path] = ConfigOpt,
-                  data_dir: Optional[Path] = DataDirOpt):
+    def sweep_run(
+        ctx: typer.Context,
+        task: str = TaskOpt,
+        method: str = MethodOpt,
+        config: Optional[Path] = ConfigOpt,
+        data_dir: Optional[Path] = DataDirOpt,
+    ):
         """What a ``wandb agent`` calls: hyper-parameters arrive as ``--lr=VALUE`` (validation only)."""
         from lorascope.train.hpo import run_folder
         from lorascope.train.run import RunSpec, run_training
@@ -91,15 +112,18 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"sweep-run takes exactly --lr=VALUE, got {sorted(params)}")
         cfg = resolve_config(config, [])
         spec = RunSpec(task, method, float(params["lr"]), replicate=cfg.hpo.replicate, hpo=True)
-        out_dir = run_folder(Path(cfg.output.root) / task / "sweep" / method, spec)
+        out_dir = run_folder(layout.task_dir(cfg.output.root, task) / "sweep" / method, spec)
         res = run_training(cfg, spec, out_dir, data_dir=data_dir)
         print_json({"validation_best": res["validation_best"], "run": spec.name})
 
     @app.command("merge")
     @user_errors
-    def merge(adapter: Path = typer.Argument(..., help="PEFT adapter folder (a run's adapter/)."),
-              out: Path = typer.Option(..., "--out", help="Folder for the merged HF model."),
-              config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg):
+    def merge(
+        adapter: Path = typer.Argument(..., help="PEFT adapter folder (a run's adapter/)."),
+        out: Path = typer.Option(..., "--out", help="Folder for the merged HF model."),
+        config: Optional[Path] = ConfigOpt,
+        overrides: Optional[list[str]] = OverridesArg,
+    ):
         """Merge a LoRA adapter into the base model and write a plain HF model folder."""
         from lorascope.models.merge import merge_adapter
 

@@ -163,7 +163,7 @@ def canonical_json(obj: Any) -> str:
 
 def config_hash(cfg: StudyConfig | dict, length: int = 16) -> str:
     """Stable SHA-256 (hex prefix) of the resolved config, independent of key order."""
-    tree = cfg.model_dump(mode="json") if isinstance(cfg, StudyConfig) else cfg
+    tree = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else cfg  # a StudyConfig or a stage's view of one
     return hashlib.sha256(canonical_json(tree).encode()).hexdigest()[:length]
 
 

@@ -50,7 +50,7 @@ _MISSING = object()
 def _resolved(config: dict | StudyConfig) -> tuple[dict, bool]:
     """The config with every default filled in (a manifest records the resolved config; an older or partial one
     is validated here). Returns (tree, complete): an invalid tree is used as it is, and keys it lacks are skipped."""
-    if isinstance(config, StudyConfig):
+    if hasattr(config, "model_dump"):  # a StudyConfig, or a stage's view of one
         return config.model_dump(mode="json"), True
     try:
         return StudyConfig.model_validate(config).model_dump(mode="json"), True

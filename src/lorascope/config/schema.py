@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lorascope.baselines.settings import BaselinesConfig
+from lorascope.config.baselines import BaselinesConfig
 
 
 class _Strict(BaseModel):
@@ -228,7 +228,8 @@ class ServeConfig(_Strict):
     def _scenarios(cls, v: list[str]) -> list[str]:
         bad = [s for s in v if not _SCENARIO.match(s)]
         if bad:
-            raise ValueError(f"unknown scenario {', '.join(bad)}: expected base, merged, unmerged-1 or multi-<k>, k ≥ 2")
+            raise ValueError(f"unknown scenario {', '.join(bad)}: expected base, merged, unmerged-1 or multi-<k>, "
+                             "k ≥ 2")
         return _distinct(v, "scenarios")
 
 

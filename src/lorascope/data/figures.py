@@ -16,7 +16,14 @@ def length_histogram(lengths: dict[str, list[int]], max_length: int, title: str,
     bins = min(60, max(10, top // 8))
     for split, values in lengths.items():
         if values:
-            ax.hist(values, bins=bins, range=(0, max(top, max_length)), alpha=0.5, label=f"{split} (n={len(values)})", density=True)
+            ax.hist(
+                values,
+                bins=bins,
+                range=(0, max(top, max_length)),
+                alpha=0.5,
+                label=f"{split} (n={len(values)})",
+                density=True,
+            )
     ax.axvline(max_length, color="black", linestyle="--", linewidth=1, label=f"max length {max_length}")
     ax.set_xlabel("tokens per training sequence (prompt + target + EOS)")
     ax.set_ylabel("density")

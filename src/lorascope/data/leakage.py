@@ -47,7 +47,10 @@ def check_leakage(data: TaskData, raise_on_error: bool = True, max_examples: int
         entry = {}
         for kind in keys[a]:
             shared = keys[a][kind] & keys[b][kind]
-            entry[kind] = {"count": len(shared), "examples": [str(x)[:160] for x in sorted(shared, key=str)[:max_examples]]}
+            entry[kind] = {
+                "count": len(shared),
+                "examples": [str(x)[:160] for x in sorted(shared, key=str)[:max_examples]],
+            }
             if shared and kind in FATAL[data.task]:
                 report["fatal"].append(f"{len(shared)} identical {kind} in {a} and {b}")
         report["pairs"][f"{a}/{b}"] = entry

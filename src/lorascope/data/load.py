@@ -74,11 +74,13 @@ def subsample(data: TaskData, caps: dict, seed: int) -> TaskData:
             exs = [exs[i] for i in keep]
         splits[name] = exs
     composition = {**data.composition, "full_sizes": full, "subsample_caps": {k: v for k, v in caps.items() if v}}
-    note = f"subsampled (seeded) from full split sizes {full}"
+    note = "subsampled (seeded) from full split sizes " + ", ".join(f"{k} {v}" for k, v in full.items())
     return replace(data, splits=splits, composition=composition, notes=[*data.notes, note])
 
 
-def load_task(task: str, cfg: DataConfig, seed: int, data_dir: str | Path | None = None, apply_subsample: bool = False) -> TaskData:
+def load_task(
+    task: str, cfg: DataConfig, seed: int, data_dir: str | Path | None = None, apply_subsample: bool = False
+) -> TaskData:
     """Load one task's train/validation/test as §3 defines them. ``seed`` is the split seed."""
     if task not in HUB_IDS:
         raise DataError(f"unknown task {task!r}; expected one of {sorted(HUB_IDS)}")
@@ -89,3 +91,9 @@ def load_task(task: str, cfg: DataConfig, seed: int, data_dir: str | Path | None
     loader = _load_from_hub if source == "hub" else _load_from_mirror
     data = loader(task, cfg, seed, folder)
     return subsample(data, cfg.subsample, seed) if apply_subsample else data
+
+
+def task_data(cfg, task: str, *, data_dir: str | Path | None = None, subsample: bool = False) -> TaskData:
+    """``task`` as the study config ``cfg`` (a ``StudyConfig``) defines it: its data settings and split seed;
+    ``subsample`` applies the config's per-split caps (what training and evaluation use)."""
+    return load_task(task, cfg.data, seed=cfg.seeds.split, data_dir=data_dir, apply_subsample=subsample)

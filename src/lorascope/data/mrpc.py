@@ -36,17 +36,24 @@ def read_mrpc_tsv(path: Path) -> list[MrpcExample]:
     for lineno, line in enumerate(lines[1:], start=2):
         fields = line.rstrip("\r").split("\t")
         if len(fields) != len(header):
-            raise DataError(f"expected {len(header)} tab-separated fields, got {len(fields)}", path=str(path), row=f"line {lineno}")
+            raise DataError(
+                f"expected {len(header)} tab-separated fields, got {len(fields)}", path=str(path), row=f"line {lineno}"
+            )
         label_text = fields[col["Quality"]].strip()
         if label_text not in ("0", "1"):
-            raise DataError(f"bad label {label_text!r} in column 'Quality' (expected 0 or 1)", path=str(path), row=f"line {lineno}")
+            raise DataError(
+                f"bad label {label_text!r} in column 'Quality' (expected 0 or 1)", path=str(path), row=f"line {lineno}"
+            )
         s1, s2 = fields[col["#1 String"]], fields[col["#2 String"]]
         if not s1.strip() or not s2.strip():
             raise DataError("empty sentence", path=str(path), row=f"line {lineno}")
         pair_id = f"{fields[col['#1 ID']].strip()}-{fields[col['#2 ID']].strip()}"
         if pair_id in first_line:
-            raise DataError(f"duplicate pair {pair_id} (first at line {first_line[pair_id]}): example ids must be unique",
-                            path=str(path), row=f"line {lineno}")
+            raise DataError(
+                f"duplicate pair {pair_id} (first at line {first_line[pair_id]}): example ids must be unique",
+                path=str(path),
+                row=f"line {lineno}",
+            )
         first_line[pair_id] = lineno
         examples.append(MrpcExample(id=pair_id, sentence1=s1, sentence2=s2, label=int(label_text)))
     return examples

@@ -49,16 +49,22 @@ def _qa_to_example(qa: Mapping, title: str, context: str, path: str, where: str)
         if not isinstance(start, int) or context[start : start + len(text)] != text:
             found = context[start : start + len(text)] if isinstance(start, int) else None
             raise DataError(
-                f"answers[{j}].answer_start={start!r} does not point at its text {text!r} (context has {found!r} there)",
-                path=path, row=f"{where} (id={qa['id']})",
+                f"answers[{j}].answer_start={start!r} does not point at its text {text!r} "
+                f"(context has {found!r} there)",
+                path=path,
+                row=f"{where} (id={qa['id']})",
             )
         texts.append(text)
         starts.append(start)
     if qa.get("is_impossible") is True and texts:
         raise DataError("is_impossible is true but answers are given", path=path, row=f"{where} (id={qa['id']})")
     return SquadExample(
-        id=str(qa["id"]), title=title, context=context, question=qa["question"],
-        answers=tuple(texts), answer_starts=tuple(starts),
+        id=str(qa["id"]),
+        title=title,
+        context=context,
+        question=qa["question"],
+        answers=tuple(texts),
+        answer_starts=tuple(starts),
     )
 
 
@@ -69,12 +75,20 @@ def parse_squad_json(tree: object, path: str) -> list[SquadExample]:
     examples: list[SquadExample] = []
     seen: set[str] = set()
     for a, article in enumerate(tree["data"]):
-        if not isinstance(article, Mapping) or "title" not in article or not isinstance(article.get("paragraphs"), list):
+        if (
+            not isinstance(article, Mapping)
+            or "title" not in article
+            or not isinstance(article.get("paragraphs"), list)
+        ):
             raise DataError("article needs 'title' and a 'paragraphs' list", path=path, row=f"data[{a}]")
         for p, para in enumerate(article["paragraphs"]):
             where_p = f"data[{a}].paragraphs[{p}]"
-            if (not isinstance(para, Mapping) or not isinstance(para.get("context"), str)
-                    or not para["context"].strip() or not isinstance(para.get("qas"), list)):
+            if (
+                not isinstance(para, Mapping)
+                or not isinstance(para.get("context"), str)
+                or not para["context"].strip()
+                or not isinstance(para.get("qas"), list)
+            ):
                 raise DataError("paragraph needs a non-empty 'context' string and a 'qas' list", path=path, row=where_p)
             for q, qa in enumerate(para["qas"]):
                 ex = _qa_to_example(qa, article["title"], para["context"], path, f"{where_p}.qas[{q}]")
@@ -90,7 +104,9 @@ def read_squad_json(path: Path) -> list[SquadExample]:
     try:
         tree = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"malformed JSON: {exc.msg}", path=str(path), row=f"line {exc.lineno} col {exc.colno}") from None
+        raise DataError(
+            f"malformed JSON: {exc.msg}", path=str(path), row=f"line {exc.lineno} col {exc.colno}"
+        ) from None
     return parse_squad_json(tree, str(path))
 
 
@@ -100,8 +116,11 @@ def records_to_examples(records: Iterable[Mapping], where: str) -> list[SquadExa
     for i, rec in enumerate(records):
         try:
             answers = rec["answers"]
-            qa = {"id": rec["id"], "question": rec["question"],
-                  "answers": [{"text": t, "answer_start": s} for t, s in zip(answers["text"], answers["answer_start"])]}
+            qa = {
+                "id": rec["id"],
+                "question": rec["question"],
+                "answers": [{"text": t, "answer_start": s} for t, s in zip(answers["text"], answers["answer_start"])],
+            }
             out.append(_qa_to_example(qa, rec["title"], rec["context"], where, str(i)))
         except KeyError as exc:
             raise DataError(f"missing column {exc.args[0]!r}", path=where, row=i) from None
@@ -138,13 +157,17 @@ def split_official(train: list[SquadExample], dev: list[SquadExample], val_fract
 def split_dev_only(dev: list[SquadExample], counts: tuple[int, int, int], seed: int, path: str) -> dict:
     titles = _shuffled_titles(group_titles(dev), seed)
     if sum(counts) > len(titles):
-        raise DataError(f"dev-only split needs {sum(counts)} articles ({counts}), the file has {len(titles)}", path=path)
+        raise DataError(
+            f"dev-only split needs {sum(counts)} articles ({counts}), the file has {len(titles)}", path=path
+        )
     n_tr, n_va, n_te = counts
     parts = titles[:n_tr], titles[n_tr : n_tr + n_va], titles[n_tr + n_va : n_tr + n_va + n_te]
     return {name: _select(dev, set(part)) for name, part in zip(("train", "validation", "test"), parts)}
 
 
-def load_squad_mirror(data_dir: Path, val_fraction: float, dev_only_articles: tuple[int, int, int], seed: int) -> TaskData:
+def load_squad_mirror(
+    data_dir: Path, val_fraction: float, dev_only_articles: tuple[int, int, int], seed: int
+) -> TaskData:
     folder = data_dir / "squad_v2"
     dev_path = next((folder / n for n in DEV_FILES if (folder / n).is_file()), None)
     if dev_path is None:
@@ -160,8 +183,13 @@ def load_squad_mirror(data_dir: Path, val_fraction: float, dev_only_articles: tu
     splits = split_dev_only(dev, dev_only_articles, seed, str(dev_path))
     titles = {name: group_titles(exs) for name, exs in splits.items()}
     return TaskData(
-        task="squad_v2", split_scheme="dev-only", source="mirror", splits=splits, files=files,
-        notes=[DEV_ONLY_NOTE], composition={"articles": titles},
+        task="squad_v2",
+        split_scheme="dev-only",
+        source="mirror",
+        splits=splits,
+        files=files,
+        notes=[DEV_ONLY_NOTE],
+        composition={"articles": titles},
     )
 
 
@@ -177,9 +205,17 @@ def examples_to_official_json(examples: list[SquadExample]) -> dict:
     articles: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for ex in examples:
         articles[ex.title][ex.context].append(
-            {"id": ex.id, "question": ex.question, "is_impossible": ex.is_impossible,
-             "answers": [{"text": t, "answer_start": s} for t, s in zip(ex.answers, ex.answer_starts)]}
+            {
+                "id": ex.id,
+                "question": ex.question,
+                "is_impossible": ex.is_impossible,
+                "answers": [{"text": t, "answer_start": s} for t, s in zip(ex.answers, ex.answer_starts)],
+            }
         )
-    return {"version": "v2.0", "data": [
-        {"title": t, "paragraphs": [{"context": c, "qas": qas} for c, qas in paras.items()]} for t, paras in articles.items()
-    ]}
+    return {
+        "version": "v2.0",
+        "data": [
+            {"title": t, "paragraphs": [{"context": c, "qas": qas} for c, qas in paras.items()]}
+            for t, paras in articles.items()
+        ],
+    }

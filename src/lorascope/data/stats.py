@@ -42,11 +42,13 @@ def length_summary(lengths: list[int], limit: int) -> dict:
 
 
 def dataset_stats(data: TaskData, *, seed: int, n_samples: int = 3, tokenizer=None, max_length: int = 1024,
-                  max_new_tokens: int = 32) -> dict:
+                  max_new_tokens: int = 32, used: TaskData | None = None) -> dict:
     """Statistics of every split. With a tokenizer: token lengths of prompts and of full training sequences.
 
     ``sequence.over_limit`` counts training examples that §4 drops; ``prompt.over_limit`` counts evaluation
     prompts whose context will be truncated (limit = max_length − max_new_tokens for SQuAD generation).
+    ``used``: the examples the study actually trains and evaluates on (a seeded subsample); where a split was
+    cut, ``used`` gives its size and label balance, which can differ from the full split's.
     """
     rng = np.random.default_rng([seed, 11])
     out = {**data.describe(), "composition": data.composition, "splits": {}}
@@ -59,9 +61,14 @@ def dataset_stats(data: TaskData, *, seed: int, n_samples: int = 3, tokenizer=No
             entry["contexts"] = len({ex.context for ex in exs})
         if tokenizer is not None:
             p_len, f_len = token_lengths(tokenizer, exs)
-            entry["tokens"] = {"prompt": length_summary(p_len, eval_limit), "sequence": length_summary(f_len, max_length)}
+            entry["tokens"] = {
+                "prompt": length_summary(p_len, eval_limit),
+                "sequence": length_summary(f_len, max_length),
+            }
         picks = rng.choice(len(exs), size=min(n_samples, len(exs)), replace=False) if exs else []
         entry["samples"] = [asdict(exs[i]) for i in sorted(int(i) for i in picks)]
+        if used is not None and len(used.splits[split]) != len(exs):
+            entry["used"] = {"n": len(used.splits[split]), "labels": label_balance(used, split)}
         out["splits"][split] = entry
     if tokenizer is not None:
         out["tokenizer"] = getattr(tokenizer, "name_or_path", None)

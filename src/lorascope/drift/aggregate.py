@@ -23,7 +23,6 @@ import numpy as np
 from lorascope.drift.compute import drift_score
 from lorascope.drift.cosine import t_interval
 
-
 # The range of each per-layer measure and score: a band is clipped to it (with a ``clipped`` flag).
 RANGES = {"linear_cka": (0.0, 1.0), "linear_cka_debiased": (None, 1.0), "rbf_cka": (0.0, 1.0),
           "cosine_mean": (-1.0, 1.0), "cosine_standardized_mean": (-1.0, 1.0), "drift": (0.0, None),

@@ -70,7 +70,8 @@ def layer_drift(base, tuned: dict, tokenizer, prompts: list[str], *, batch_size:
         if (name, how, layer) in kept and len(prompts) <= rbf_max_n:
             X = np.concatenate(kept[(name, how, layer)][0])
             Y = np.concatenate(kept[(name, how, layer)][1])
-            row.update(_safe(lambda: {"rbf_cka": float(rbf_cka(X, Y, sigma_factor=sigma_factor, max_n=rbf_max_n))}, "rbf"))
+            row.update(_safe(lambda X=X, Y=Y: {"rbf_cka": float(rbf_cka(X, Y, sigma_factor=sigma_factor,
+                                                                         max_n=rbf_max_n))}, "rbf"))
         out.setdefault(name, {}).setdefault(how, []).append(row)
     return out
 

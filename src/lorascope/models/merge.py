@@ -7,7 +7,7 @@ from pathlib import Path
 from lorascope.config.schema import ModelConfig
 from lorascope.io import atomic_dir
 from lorascope.models.load import load_causal_lm
-from lorascope.models.tokenizer import ModelLoadError, load_tokenizer
+from lorascope.models.tokenizer import ModelLoadError, tokenizer_for
 
 
 def load_adapter(model_cfg: ModelConfig, adapter_dir: str | Path, device="cpu"):
@@ -26,14 +26,14 @@ def merge_adapter(model_cfg: ModelConfig, adapter_dir: str | Path, out_dir: str 
     merged = load_adapter(model_cfg, adapter_dir).merge_and_unload()
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
-        load_tokenizer(model_cfg.name_or_path, model_cfg.revision, model_cfg.eos_token).save_pretrained(tmp)
+        tokenizer_for(model_cfg).save_pretrained(tmp)
     return out_dir
 
 
-def load_tuned(model_cfg: ModelConfig, run_dir: str | Path, method: str, device="cpu"):
-    """A final run's model for analysis: FT's saved model, or LoRA merged into the base (equal outputs to
-    the unmerged adapter up to rounding — tested — and one matmul per layer cheaper)."""
-    run_dir = Path(run_dir)
+def load_tuned(model_cfg: ModelConfig, saved: str | Path, method: str, device="cpu"):
+    """A final run's model for analysis from its saved folder (``results.layout.saved_model_dir``): FT's model,
+    or the LoRA adapter merged into the base (equal outputs to the unmerged adapter up to rounding — tested —
+    and one matmul per layer cheaper)."""
     if method == "ft":
-        return load_causal_lm(model_cfg.model_copy(update={"name_or_path": str(run_dir / "model")}), device)
-    return load_adapter(model_cfg, run_dir / "adapter", device).merge_and_unload()
+        return load_causal_lm(model_cfg.model_copy(update={"name_or_path": str(saved)}), device)
+    return load_adapter(model_cfg, saved, device).merge_and_unload()

@@ -27,9 +27,13 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, eos_token: st
         if not folder.is_dir():
             raise ModelLoadError(f"model folder not found: {folder}")
         if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
-            raise ModelLoadError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer.model / tokenizer_config.json)")
+            raise ModelLoadError(
+                f"{folder}: no tokenizer files (tokenizer.json / tokenizer.model / tokenizer_config.json)"
+            )
     try:
-        tok = AutoTokenizer.from_pretrained(str(Path(name_or_path).expanduser()) if _looks_local(name_or_path) else name_or_path, revision=revision)
+        tok = AutoTokenizer.from_pretrained(
+            str(Path(name_or_path).expanduser()) if _looks_local(name_or_path) else name_or_path, revision=revision
+        )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load tokenizer {name_or_path!r}: {exc}") from None
     tok.padding_side = "right"
@@ -42,3 +46,8 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, eos_token: st
     if tok.eos_token_id is None:
         raise ModelLoadError(f"tokenizer {name_or_path!r} has no EOS token; targets end with EOS (§4)")
     return tok
+
+
+def tokenizer_for(model_cfg):
+    """The tokenizer of a ``ModelConfig`` (its name or folder, revision and end-of-target token)."""
+    return load_tokenizer(model_cfg.name_or_path, model_cfg.revision, model_cfg.eos_token)

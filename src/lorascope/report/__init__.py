@@ -1,8 +1,6 @@
-"""The study report (issue 6): one self-contained HTML page and a Markdown twin built from a results folder.
+"""The study report: one self-contained HTML page, its Markdown twin and the short summary.md, built from a
+results folder — every human-readable output of a study (the CLI prints sections of it).
 
-``load`` reads the folder into plain data, ``sections_*`` turn it into blocks, ``render`` writes HTML and
-Markdown, ``diagram`` draws the study flow, ``stage`` is the DAG's last job."""
-
-from lorascope.report.stage import run_report_stage, write_report
-
-__all__ = ["run_report_stage", "write_report"]
+``load`` reads the folder into plain data (the final runs through ``results.selection``, as the statistics),
+``sections_*`` turn it into blocks, ``build`` orders them (the stages declare theirs), ``render`` writes HTML and
+Markdown, ``diagram`` draws the study flow from the stage declarations, ``write`` writes the files."""

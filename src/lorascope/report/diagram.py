@@ -1,38 +1,25 @@
-"""The study's flow (STUDY.md §14) as an inline SVG, drawn without any network or plotting library:
-data → baselines → sanity → HPO → final training → evaluation → {drift, weights, serving} → statistics → report.
-Each box is coloured by whether its stage's outputs are in the results folder (legend in the figure)."""
+"""The study's flow (STUDY.md §14) as an inline SVG, drawn without any network or plotting library, from the
+study's own stage declarations (``results["flow"]``: name, title, role, the stages each comes after — the same
+declarations that build the DAG and the plan). Columns are dependency depth; each box is coloured by whether
+its stage's outputs are in the results folder (legend in the figure) and names its §14 role."""
 
 from __future__ import annotations
 
 from xml.sax.saxutils import escape
 
-# (node id, label, preferred machine §14, results stages that feed it, column, row)
-NODES = (
-    ("data", "data", "any", ("data", "leakage"), 0, 1),
-    ("baselines", "baselines", "vm1", ("baselines", "zero-shot"), 1, 1),
-    ("sanity", "sanity gate", "vm1 / vm2", ("sanity",), 2, 1),
-    ("hpo", "HPO", "vm2", ("hpo",), 3, 1),
-    ("training", "final training", "vm1 FT · vm2 LoRA", ("training",), 4, 1),
-    ("evaluation", "evaluation", "vm3", ("training",), 5, 1),
-    ("drift", "drift", "vm3", ("drift",), 6, 0),
-    ("weights", "weights", "vm3", ("weights",), 6, 1),
-    ("serving", "serving", "vm3", ("serve",), 6, 2),
-    ("stats", "statistics", "driver", ("stats",), 7, 1),
-    ("report", "report", "driver", (), 8, 1),
-)
-EDGES = (("data", "baselines"), ("baselines", "sanity"), ("sanity", "hpo"), ("hpo", "training"),
-         ("training", "evaluation"), ("evaluation", "drift"), ("evaluation", "weights"), ("evaluation", "serving"),
-         ("drift", "stats"), ("weights", "stats"), ("serving", "stats"), ("stats", "report"))
+# The report loader's names for missing outputs, by the stage that writes them.
+MISSING_OF = {"data": ("data", "leakage", "baselines"), "zero_shot": ("zero-shot",), "train": ("training",)}
 FILL = {"done": ("#d9f2e0", "#2e7d4f", ""), "partial": ("#fff2cc", "#9a7400", "6 3"),
         "missing": ("#eeeeee", "#888888", "4 4")}
 LEGEND = (("done", "outputs present"), ("partial", "present for some tasks"), ("missing", "missing"))
 W, H, GAP_X, GAP_Y, PAD = 118, 46, 30, 22, 12
 
 
-def node_states(missing: list[dict], n_tasks: int) -> dict[str, str]:
-    """done / partial / missing per node, from the loader's missing-stage entries."""
+def node_states(flow: list[dict], missing: list[dict], n_tasks: int) -> dict[str, str]:
+    """done / partial / missing per stage, from the loader's missing-stage entries."""
     states = {}
-    for node, _, _, stages, _, _ in NODES:
+    for node in (n["name"] for n in flow):
+        stages = MISSING_OF.get(node, (node,))
         hits = [m for m in missing if m["stage"] in stages]
         if not hits:
             states[node] = "done"
@@ -67,11 +54,27 @@ def _edge(a: tuple[int, int], b: tuple[int, int]) -> str:
             f'stroke-width="1.3" marker-end="url(#arrow)"/>')
 
 
-def study_flow_svg(states: dict[str, str]) -> str:
-    """The DAG with a legend; ``states`` maps node id → done / partial / missing (absent: done)."""
-    pos = {node: (col, row) for node, _, _, _, col, row in NODES}
-    width = PAD * 2 + 9 * W + 8 * GAP_X
-    legend_y = PAD + 3 * (H + GAP_Y) + 4
+def layout_flow(flow: list[dict]) -> dict[str, tuple[int, int]]:
+    """(column, row) per stage: column = the longest chain of stages before it; rows in declaration order."""
+    col: dict[str, int] = {}
+    for node in flow:  # declaration order is a topological order
+        col[node["name"]] = max((col[a] + 1 for a in node["after"] if a in col), default=0)
+    rows: dict[int, int] = {}
+    pos = {}
+    for node in flow:
+        c = col[node["name"]]
+        pos[node["name"]] = (c, rows.get(c, 0))
+        rows[c] = rows.get(c, 0) + 1
+    return pos
+
+
+def study_flow_svg(flow: list[dict], states: dict[str, str]) -> str:
+    """The stages with their dependency edges and a legend; ``states`` maps stage → done / partial / missing."""
+    pos = layout_flow(flow)
+    n_cols = max(c for c, _ in pos.values()) + 1
+    n_rows = max(r for _, r in pos.values()) + 1
+    width = PAD * 2 + n_cols * W + (n_cols - 1) * GAP_X
+    legend_y = PAD + n_rows * (H + GAP_Y) + 4
     height = legend_y + 26
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
              f'height="{height}" font-family="Helvetica, Arial, sans-serif" role="img" '
@@ -79,8 +82,11 @@ def study_flow_svg(states: dict[str, str]) -> str:
              '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
              'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>',
              f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>']
-    parts += [_edge(pos[a], pos[b]) for a, b in EDGES]
-    parts += [_box(label, machine, col, row, states.get(node, "done")) for node, label, machine, _, col, row in NODES]
+    for node in flow:
+        for a in node["after"]:
+            if a in pos:
+                parts.append(_edge(pos[a], pos[node["name"]]))
+    parts += [_box(n["title"], n["role"], *pos[n["name"]], states.get(n["name"], "done")) for n in flow]
     x = PAD
     parts.append(f'<text x="{x}" y="{legend_y + 13}" font-size="12" fill="#222">legend:</text>')
     x += 56

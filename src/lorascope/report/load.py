@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from lorascope.errors import ReportError
+from lorascope.results import layout
+from lorascope.results.selection import excluded_runs, final_runs
 
 # (stage, file relative to the task folder) for the single-file stages of a task, in study order.
 TASK_FILES = (
@@ -94,26 +96,18 @@ def _per_method(root: Path, task: str, sub: str, name: str, stage: str, missing:
     return found
 
 
-def _runs(root: Path, task: str, missing: list[dict], notes: list[str]) -> list[dict]:
-    """Completed final (non-HPO) runs, sorted by method, learning rate, replicate."""
+def _runs(root: Path, task: str, missing: list[dict], notes: list[str], replicates: list[int] | None) -> list[dict]:
+    """The task's selected final runs — the same rule the statistics use (``results.selection``), so the report
+    never lists a run the statistics excluded; every other run folder is named in a note."""
     runs = []
-    for path in sorted((root / task / "runs").glob("*/results.json")):
-        rel = str(path.relative_to(root))
-        obj = read_json(root, rel)
-        status = _status(root, str(path.parent.relative_to(root)))
-        if status not in (None, "completed"):
-            notes.append(f"{task}: run {path.parent.name} skipped (manifest says {status})")
-            continue
-        if obj is not None and not (obj.get("run") or {}).get("hpo"):
-            runs.append({**obj, "name": obj.get("name") or path.parent.name})
+    for sel in final_runs(root, task, replicates):
+        obj = read_json(root, layout.relative(root, sel["path"] / layout.RESULTS))
+        if obj is not None:
+            runs.append({**obj, "name": obj.get("name") or sel["name"]})
+    notes += [f"{task}: run {name} left out ({why})" for name, why in excluded_runs(root, task, replicates)]
     if not runs:
         missing.append({"stage": "training", "task": task, "reason": f"{task}/runs/*/results.json not found"})
-
-    def key(r: dict) -> tuple:
-        spec = r.get("run") or {}
-        return (str(spec.get("method")), float(spec.get("lr") or 0), int(spec.get("replicate") or 0), r["name"])
-
-    return sorted(runs, key=key)
+    return runs
 
 
 def _figures(root: Path, table: dict[str, str], prefix: str = "") -> dict[str, str]:
@@ -146,21 +140,23 @@ def discover_tasks(root: Path, manifest: dict | None, fallback: list[str] | None
                   if p.is_dir() and ((p / "data_stats.json").is_file() or (p / "runs").is_dir()))
 
 
-def load_task(root: Path, task: str, missing: list[dict], notes: list[str]) -> dict:
+def load_task(root: Path, task: str, missing: list[dict], notes: list[str], replicates: list[int] | None = None
+              ) -> dict:
     out: dict[str, Any] = {"task": task}
     for stage, rel in TASK_FILES:
         out[stage.replace("-", "_")] = _stage_file(root, f"{task}/{rel}", stage, task, missing)
     out["sanity"] = _per_method(root, task, "sanity", "sanity.json", "sanity", missing)
     out["hpo"] = _per_method(root, task, "hpo", "hpo.json", "hpo", missing)
-    out["runs"] = _runs(root, task, missing, notes)
+    out["runs"] = _runs(root, task, missing, notes, replicates)
     out["figures"] = _figures(root, TASK_FIGURES, f"{task}/")
     out["manifest"] = read_json(root, f"{task}/manifest.json")
     out["manifests"] = _manifests(root, task)
     return out
 
 
-def load_results(results_dir: str | Path, tasks: list[str] | None = None) -> dict:
-    """Everything the report shows, as plain data. ``tasks``: used when the root manifest names none."""
+def load_results(results_dir: str | Path, tasks: list[str] | None = None, replicates: list[int] | None = None) -> dict:
+    """Everything the report shows, as plain data. ``tasks``: used when the root manifest names none;
+    ``replicates``: the study's seeds (default: the root manifest's, else every completed replicate)."""
     root = Path(results_dir)
     if not root.is_dir():
         raise ReportError(f"{root}: results folder not found")
@@ -170,9 +166,11 @@ def load_results(results_dir: str | Path, tasks: list[str] | None = None) -> dic
     if manifest is None:
         missing.append({"stage": "manifest", "task": None, "reason": "manifest.json not found"})
     task_names = discover_tasks(root, manifest, tasks)
+    if replicates is None:
+        replicates = (((manifest or {}).get("config") or {}).get("seeds") or {}).get("replicates")
     if not task_names:
         missing.append({"stage": "data", "task": None, "reason": "no task folder found"})
-    per_task = {t: load_task(root, t, missing, notes) for t in task_names}
+    per_task = {t: load_task(root, t, missing, notes, replicates) for t in task_names}
     serve = _stage_file(root, "serve/serve.json", "serve", None, missing)
     stats = _stage_file(root, "stats/stats.json", "stats", None, missing)
     serve_manifest = read_json(root, "serve/manifest.json")

@@ -47,8 +47,14 @@ def to_markdown(report: Report, fig_prefix: str = "../") -> str:
     if report.missing:
         lines += _md_block(Callout("missing", "Missing stages", report.missing), fig_prefix)
     lines += ["## Contents", ""] + [f"{i}. [{s.title}](#{s.id})" for i, s in enumerate(report.sections, 1)] + [""]
-    for s in report.sections:
-        lines += [f'<a id="{s.id}"></a>', "", f"## {s.title}", ""]
+    return "\n".join(lines) + "\n" + sections_markdown(report.sections, fig_prefix, anchors=True)
+
+
+def sections_markdown(sections, fig_prefix: str = "../", anchors: bool = False) -> str:
+    """Sections alone (the CLI prints the ones a command produced)."""
+    lines: list[str] = []
+    for s in sections:
+        lines += ([f'<a id="{s.id}"></a>', ""] if anchors else []) + [f"## {s.title}", ""]
         for block in s.blocks:
             lines += _md_block(block, fig_prefix)
     return "\n".join(lines).rstrip() + "\n"

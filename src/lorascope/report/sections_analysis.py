@@ -102,6 +102,23 @@ def _dare_rows(dare: dict) -> list[list[str]]:
     return rows
 
 
+def _dare_rises(dare: dict, slack: float = 1.0) -> list[str]:
+    """Where dropping most of ΔW *raises* the metric by more than ``slack`` points: a value that needs a comment.
+    The tuned model is then worse than a model closer to the base — usually a run that learned little."""
+    out = []
+    for label, curves in sorted(dare.items()):
+        for kind in ("dare", "magnitude"):
+            c = curves.get(kind) or {}
+            start, end = c.get("0.0"), c.get("0.99")
+            if isinstance(start, (int, float)) and isinstance(end, (int, float)) and end > start + slack:
+                what = "DARE p = 0.99" if kind == "dare" else "keeping 1% of ΔW"
+                out.append(f"{label}: {fmt.pts(start)} unpruned → {fmt.pts(end)} after {what}. Removing most of the "
+                           "update moves the model towards the base model, so the tuned model is worse on validation "
+                           "than one closer to the base: it learned little that helps this metric (compare the "
+                           "zero-shot baseline and the validity gate).")
+    return out
+
+
 def weights(results: dict) -> Section:
     s = Section("weights", "RQ3: weight-update structure and DARE (STUDY.md §9)")
     for task, t in results["tasks"].items():
@@ -126,6 +143,9 @@ def weights(results: dict) -> Section:
                                "keep 10%", "keep 1%"], _dare_rows(w.get("dare") or {}),
                               f"{task}: validation primary metric (points) after dropping a fraction p of ΔW at "
                               "random and rescaling by 1/(1−p) (DARE), or keeping only the largest-magnitude entries."))
+        odd = _dare_rises(w.get("dare") or {})
+        if odd:
+            s.blocks.append(Callout("note", f"{task}: pruning ΔW improved the validation metric", odd))
         for key, label in WEIGHT_FIGURES:
             if key in t["figures"]:
                 s.blocks.append(Figure(t["figures"][key], f"{task}: {label}, FT vs LoRA."))

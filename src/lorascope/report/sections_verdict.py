@@ -123,27 +123,53 @@ def reproducibility(results: dict) -> Section:
                          f"{inv.get('host', '?')}", changes])
         s.blocks.append(Table(["started", "finished", "status", "jobs run", "skipped", "failed / cancelled", "host",
                                "config changes vs the previous invocation"], rows,
-                              "Invocations of lorascope run on this folder (the results come from those that ran jobs)."))
+                              "Invocations of lorascope on this folder (the results come from those that ran jobs)."))
     stage_rows = []
-    for task, t in results["tasks"].items():
+    for t in results["tasks"].values():
         for rel, m in t["manifests"]:
-            stage_rows.append([rel, str(m.get("command")), str(m.get("status")), fmt.plain(m.get("started")),
-                               fmt.plain(m.get("finished")), fmt.plain(m.get("config_hash")),
-                               _short((m.get("git") or {}).get("commit")) + (" dirty" if (m.get("git") or {})
-                                                                            .get("dirty") else "")])
+            stage_rows.append(
+                [
+                    rel,
+                    str(m.get("command")),
+                    str(m.get("status")),
+                    fmt.plain(m.get("started")),
+                    fmt.plain(m.get("finished")),
+                    fmt.plain(m.get("config_hash")),
+                    _short((m.get("git") or {}).get("commit"))
+                    + (" dirty" if (m.get("git") or {}).get("dirty") else ""),
+                ]
+            )
     for rel, m in results["global_manifests"]:
-        stage_rows.append([rel, str(m.get("command")), str(m.get("status")), fmt.plain(m.get("started")),
-                           fmt.plain(m.get("finished")), fmt.plain(m.get("config_hash")),
-                           _short((m.get("git") or {}).get("commit"))])
+        stage_rows.append(
+            [
+                rel,
+                str(m.get("command")),
+                str(m.get("status")),
+                fmt.plain(m.get("started")),
+                fmt.plain(m.get("finished")),
+                fmt.plain(m.get("config_hash")),
+                _short((m.get("git") or {}).get("commit")),
+            ]
+        )
     mismatches = provenance_mismatches(results)
     if mismatches:
         s.blocks.append(Callout("missing", "Provenance differs between stages", mismatches))
     if stage_rows:
-        s.blocks.append(Table(["folder", "command", "status", "started", "finished", "config hash", "git"],
-                              stage_rows, "Stage manifests (each output folder records how it was made)."))
-    files = sorted({(f.get("path"), f.get("sha256"), f.get("bytes")) for t in results["tasks"].values()
-                    for f in ((t.get("manifest") or {}).get("data_files") or []) + (man.get("data_files") or [])},
-                   key=lambda f: str(f[0]))
+        s.blocks.append(
+            Table(
+                ["folder", "command", "status", "started", "finished", "config hash", "git"],
+                stage_rows,
+                "Stage manifests (each output folder records how it was made).",
+            )
+        )
+    files = sorted(
+        {
+            (f.get("path"), f.get("sha256"), f.get("bytes"))
+            for t in results["tasks"].values()
+            for f in ((t.get("manifest") or {}).get("data_files") or []) + (man.get("data_files") or [])
+        },
+        key=lambda f: str(f[0]),
+    )
     if files:
         s.blocks.append(Table(["data file", "sha256", "bytes"], [[str(p), str(h), fmt.plain(b)] for p, h, b in files]))
     return s
@@ -173,12 +199,16 @@ def limitations(results: dict) -> Section:
     cfg, items = study_config(results), []
     model = str((cfg.get("model") or {}).get("name_or_path", ""))
     if "stories260k" in model.lower():
-        items.append("The model is stories260K, a 260K-parameter Llama trained on children's stories: every number "
-                     "here illustrates the pipeline only and says nothing about LoRA vs FT at 1.3B (STUDY.md §2).")
+        items.append(
+            "The model is stories260K, a 260K-parameter Llama trained on children's stories: every number "
+            "here illustrates the pipeline only and says nothing about LoRA vs FT at 1.3B (STUDY.md §2)."
+        )
     for task, t in results["tasks"].items():
         if (t.get("data") or {}).get("split_scheme") == "dev-only":
-            items.append(f"{task}: 'dev-only' split (the offline mirror holds only the official dev set, split by "
-                         "article): numbers are not comparable to published SQuAD v2 results.")
+            items.append(
+                f"{task}: 'dev-only' split (the offline mirror holds only the official dev set, split by "
+                "article): numbers are not comparable to published SQuAD v2 results."
+            )
         seeds = sorted({(r.get("run") or {}).get("replicate") for r in t["runs"]} - {None})
         if 0 < len(seeds) < PROTOCOL_SEEDS:
             items.append(f"{task}: {len(seeds)} seeds (protocol: {PROTOCOL_SEEDS}, minimum 3): low statistical power.")
@@ -187,14 +217,22 @@ def limitations(results: dict) -> Section:
             items.append(f"{task} power: {power}.")
         truncated = max((int((r.get("test") or {}).get("truncated") or 0) for r in t["runs"]), default=0)
         if truncated:
-            n_test = (t["runs"][0].get("test") or {})
-            items.append(f"{task}: up to {truncated} of {n_test.get('n', n_test.get('total', '?'))} test prompts "
-                         "per run had their context cut to fit the max length (§4).")
-    items += [f"Departs from the protocol: {d['key']} = {_value(d['value'])} (STUDY.md {d['section']}: "
-              f"{_value(d['protocol'])})." for d in departures(cfg)] if cfg else []
+            n_test = t["runs"][0].get("test") or {}
+            items.append(
+                f"{task}: up to {truncated} of {n_test.get('n', n_test.get('total', '?'))} test prompts "
+                "per run had their context cut to fit the max length (§4)."
+            )
+    items += (
+        [
+            f"Departs from the protocol: {d['key']} = {_value(d['value'])} (STUDY.md {d['section']}: "
+            f"{_value(d['protocol'])})."
+            for d in departures(cfg)
+        ]
+        if cfg
+        else []
+    )
     items += _subsample_notes(results) + provenance_mismatches(results)
     items += [f"Missing: {describe_missing(m)}" for m in results["missing"]]
     items += list(results.get("notes") or []) + [f"stats: {n}" for n in (results.get("stats") or {}).get("notes") or []]
     s.blocks.append(Callout("note", "Read the results with these in mind", items or ["none recorded"]))
     return s
-

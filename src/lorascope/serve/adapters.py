@@ -8,17 +8,16 @@ same bytes. Perturbed copies stand in for "more tenants" in ``multi-k`` (§10): 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lorascope.results import layout
 from lorascope.serve.types import ServeError
 
 LLAMA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 
 
 @dataclass
@@ -32,32 +31,26 @@ class LoraWeights:
     pairs: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
 
 
-def _read_config(folder: Path) -> dict:
-    cfg_path = folder / "adapter_config.json"
-    if not cfg_path.is_file():
-        raise ServeError(f"{folder}: no adapter_config.json — not a PEFT adapter folder")
-    return json.loads(cfg_path.read_text())
-
-
 def load_lora(folder: str | Path, name: str | None = None) -> LoraWeights:
-    """Read a PEFT LoRA folder (safetensors). Only plain LoRA is served: DoRA, rsLoRA patterns, biases refuse."""
-    from safetensors.torch import load_file
+    """A PEFT LoRA folder for serving, through the one adapter reader (``results.adapters``). The engines stack
+    every resident adapter, so only plain LoRA (one rank and one scaling for every module) of Llama's linear
+    layers is served; DoRA, rank / alpha patterns and other modules are refused."""
+    from lorascope.errors import AdapterError
+    from lorascope.results.adapters import read_adapter
 
     folder = Path(folder)
-    cfg = _read_config(folder)
-    if cfg.get("peft_type") != "LORA" or cfg.get("use_dora") or cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise ServeError(f"{folder}: only plain LoRA adapters (no DoRA / rank or alpha patterns) can be served")
-    r = int(cfg["r"])
-    scaling = cfg["lora_alpha"] / (r ** 0.5 if cfg.get("use_rslora") else r)
-    tensors = load_file(str(folder / "adapter_model.safetensors"))
-    found: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        m = _KEY.search(key)
-        if m is None:
-            raise ServeError(f"{folder}: unexpected tensor {key!r} (only Llama linear LoRA layers are served)")
-        found.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = value.float()
-    pairs = {k: (v["A"], v["B"]) for k, v in found.items()}
-    return LoraWeights(name=name or folder.name, path=folder, r=r, scaling=float(scaling), pairs=pairs)
+    try:
+        adapter = read_adapter(folder)
+    except AdapterError as exc:
+        raise ServeError(str(exc)) from None
+    if not adapter.plain:
+        raise ServeError(f"{folder}: only plain LoRA adapters (one r and one α for every module) can be served")
+    other = [m.name for m in adapter.modules if m.layer is None or m.module_type not in LLAMA_MODULES]
+    if other:
+        raise ServeError(f"{folder}: unexpected module {other[0]} (only Llama linear LoRA layers are served)")
+    pairs = {(m.layer, m.module_type): (m.a, m.b) for m in adapter.modules}
+    first = adapter.modules[0]
+    return LoraWeights(name=name or folder.name, path=folder, r=first.r, scaling=first.scaling, pairs=pairs)
 
 
 def perturbed_copy(src: str | Path, dst: str | Path, scale: float, generator: torch.Generator) -> Path:
@@ -85,8 +78,11 @@ def adapter_pool(task_adapters: list[Path], k: int, out_dir: Path, scale: float,
     pool = list(task_adapters[:k])
     for i in range(len(pool), k):
         src = task_adapters[i % len(task_adapters)]
-        pool.append(perturbed_copy(src, out_dir / f"{src.parent.name if src.name == 'adapter' else src.name}-perturbed{i}",
-                                   scale, gen))
+        pool.append(
+            perturbed_copy(
+                src, out_dir / f"{src.parent.name if src.name == layout.ADAPTER else src.name}-perturbed{i}", scale, gen
+            )
+        )
     return pool
 
 
@@ -95,12 +91,28 @@ def module_shapes(config) -> dict[str, tuple[int, int]]:
     d, inter = config.hidden_size, config.intermediate_size
     hd = getattr(config, "head_dim", None) or d // config.num_attention_heads
     q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
-    return {"q_proj": (q, d), "k_proj": (kv, d), "v_proj": (kv, d), "o_proj": (d, q),
-            "gate_proj": (inter, d), "up_proj": (inter, d), "down_proj": (d, inter)}
+    return {
+        "q_proj": (q, d),
+        "k_proj": (kv, d),
+        "v_proj": (kv, d),
+        "o_proj": (d, q),
+        "gate_proj": (inter, d),
+        "up_proj": (inter, d),
+        "down_proj": (d, inter),
+    }
 
 
-def random_adapter(config, dst: str | Path, seed: int, *, r: int = 8, alpha: float = 16.0, std: float = 0.5,
-                   target_modules: tuple[str, ...] = LLAMA_MODULES, base: str = "") -> Path:
+def random_adapter(
+    config,
+    dst: str | Path,
+    seed: int,
+    *,
+    r: int = 8,
+    alpha: float = 16.0,
+    std: float = 0.5,
+    target_modules: tuple[str, ...] = LLAMA_MODULES,
+    base: str = "",
+) -> Path:
     """Write a PEFT-format adapter with seeded random NONZERO A and B for a Llama ``config``. A zero B (PEFT's
     default init) would make every serving test pass trivially. A ~ N(0, std²/d_in), B ~ N(0, std²/r).
     Written directly (no model copy, no global RNG): PEFT's own keys and config fields."""
@@ -114,14 +126,27 @@ def random_adapter(config, dst: str | Path, seed: int, *, r: int = 8, alpha: flo
             d_out, d_in = shapes[module]
             block = "self_attn" if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
             key = f"base_model.model.model.layers.{layer}.{block}.{module}"
-            tensors[f"{key}.lora_A.weight"] = torch.randn(r, d_in, generator=gen) * std / d_in ** 0.5
-            tensors[f"{key}.lora_B.weight"] = torch.randn(d_out, r, generator=gen) * std / r ** 0.5
+            tensors[f"{key}.lora_A.weight"] = torch.randn(r, d_in, generator=gen) * std / d_in**0.5
+            tensors[f"{key}.lora_B.weight"] = torch.randn(d_out, r, generator=gen) * std / r**0.5
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(dst / "adapter_model.safetensors"))
-    cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
-           "target_modules": list(target_modules), "bias": "none", "fan_in_fan_out": False,
-           "init_lora_weights": True, "inference_mode": True, "base_model_name_or_path": base,
-           "use_rslora": False, "use_dora": False, "rank_pattern": {}, "alpha_pattern": {}}
+    cfg = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": r,
+        "lora_alpha": alpha,
+        "lora_dropout": 0.0,
+        "target_modules": list(target_modules),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "base_model_name_or_path": base,
+        "use_rslora": False,
+        "use_dora": False,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
     (dst / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
     return dst

@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from lorascope.results import layout
 from lorascope.serve.adapters import load_lora
 from lorascope.serve.types import Backend, ServeError
 
@@ -59,7 +60,7 @@ class EngineSpec:
 
 
 def _name(path: Path) -> str:
-    return path.parent.name if path.name == "adapter" else path.name
+    return path.parent.name if path.name == layout.ADAPTER else path.name
 
 
 def start_engine(backend: str, scenario: str, pool: list[Path], spec: EngineSpec) -> Started:

@@ -77,4 +77,7 @@ def memory_by_scenario(cells: list[dict], path: Path) -> Path | None:
     ax.set_ylabel(ylabel)
     ax.set_title("memory by scenario (max over batch sizes)")
     ax.legend()
+    if not gpu:  # on CPU the resident set is the whole process's: it cannot tell the scenarios apart
+        ax.text(0.5, 1.02, "CPU: process RSS includes every engine loaded so far; compare GPU peaks, not these",
+                transform=ax.transAxes, ha="center", va="bottom", fontsize=8, color="#a33")
     return _save(fig, path)

@@ -74,24 +74,37 @@ class HFPeftBackend:
         for i, p in enumerate(prompts):  # left padding: every row's next token is at column t
             ids[i, t - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
             mask[i, t - len(p):] = 1
-        gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                   eos_token_id=stop_token(self.model, self.eos_id, stop_at_eos), pad_token_id=self.pad_id)
+        gen_cfg = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=stop_token(self.model, self.eos_id, stop_at_eos),
+            pad_token_id=self.pad_id,
+        )
         names = self._row_names(adapter_ids, bsz)
         kwargs = {"adapter_names": names} if names is not None else {}
         clock = _Clock(self.device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         clock.t0 = time.perf_counter()
-        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                  generation_config=gen_cfg, stopping_criteria=StoppingCriteriaList([clock]),
-                                  **kwargs)
+        out = self.model.generate(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            generation_config=gen_cfg,
+            stopping_criteria=StoppingCriteriaList([clock]),
+            **kwargs,
+        )
         tokens = [cut_at_eos(row, self.eos_id, stop_at_eos) for row in out[:, t:].tolist()]
         times = clock.times
         return Generation(tokens=tokens, ttft_s=[times[0]] * bsz, e2e_s=[times[len(row) - 1] for row in tokens])
 
     @torch.inference_mode()
-    def forced_logits(self, prompts: Sequence[Sequence[int]], adapter_ids: Sequence[int | None] | None,
-                      forced: Sequence[Sequence[int]]) -> torch.Tensor:
+    def forced_logits(
+        self,
+        prompts: Sequence[Sequence[int]],
+        adapter_ids: Sequence[int | None] | None,
+        forced: Sequence[Sequence[int]],
+    ) -> torch.Tensor:
         """Teacher forcing (the correctness gate): one forward over prompt + forced tokens, left-padded, with the
         rows' adapters (``adapter_names``, as ``generate`` routes them); (B, n, vocab) float32 logits, position
         i predicting forced[:, i]."""
@@ -101,14 +114,18 @@ class HFPeftBackend:
         ids = torch.full((bsz, t), self.pad_id, dtype=torch.long)
         mask = torch.zeros((bsz, t), dtype=torch.long)
         for i, seq in enumerate(seqs):
-            ids[i, t - len(seq):] = torch.as_tensor(seq, dtype=torch.long)
-            mask[i, t - len(seq):] = 1
+            ids[i, t - len(seq) :] = torch.as_tensor(seq, dtype=torch.long)
+            mask[i, t - len(seq) :] = 1
         pos = (mask.cumsum(1) - 1).clamp(min=0)  # as generate does for left padding
         names = self._row_names(adapter_ids, bsz)
         kwargs = {"adapter_names": names} if names is not None else {}
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         position_ids=pos.to(self.device), **kwargs)
-        return out.logits[:, t - n:].float()
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=pos.to(self.device),
+            **kwargs,
+        )
+        return out.logits[:, t - n :].float()
 
     def close(self) -> None:
         self.model = None

@@ -109,7 +109,7 @@ def _tune(shape: Shape, variant: int, dtype: torch.dtype, device: torch.device, 
     ws, times, errors = Workspace(device), {}, {}
     for cfg in cands:
         try:
-            times[cfg] = graph_time_us(lambda: lora_kernel.fused_lora_linear(x, w, widths, cfg, ws, lora))
+            times[cfg] = graph_time_us(lambda cfg=cfg: lora_kernel.fused_lora_linear(x, w, widths, cfg, ws, lora))
         except Exception as exc:  # a tile that does not compile or fit here: skip it, keep the others
             errors[str(cfg.__dict__)] = f"{type(exc).__name__}: {exc}"[:300]
     if not times:

@@ -85,7 +85,12 @@ class VLLMBackend:
         tokens, ttft, e2e = [], [], []
         for o in outs:
             toks = list(o.outputs[0].token_ids)
-            if stop_at_eos and o.outputs[0].finish_reason == "stop" and self.eos_id is not None and toks[-1:] != [self.eos_id]:
+            if (
+                stop_at_eos
+                and o.outputs[0].finish_reason == "stop"
+                and self.eos_id is not None
+                and toks[-1:] != [self.eos_id]
+            ):
                 toks.append(self.eos_id)  # vLLM drops the stop token from the output; count it as §10's EOS
             tokens.append(cut_at_eos(toks, self.eos_id, stop_at_eos))
             m = o.metrics

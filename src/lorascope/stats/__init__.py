@@ -10,7 +10,8 @@ One concept per module:
 - ``verdict``     criteria A, B, C and A ∧ (B ∨ C) in three-valued logic (plus "missing");
 - ``collect``     reading a results folder (training, drift, serving);
 - ``seeds``, ``drift_summary``, ``serve_summary``  the stage's parts for training, drift and serving;
-- ``stage``       the stats stage: stats.json + stats.md under a manifest; ``markdown`` renders the tables.
+- ``validity``    the validity gate (§12): each method vs the strongest trivial baseline;
+- ``study_stats`` everything above for a results folder: the document the stats stage writes as stats.json.
 
 Every function takes plain arrays, accumulates in float64, and draws randomness only from an explicit
 ``numpy.random.Generator``. Degenerate input raises ``lorascope.errors.StatsInputError``.

@@ -47,7 +47,7 @@ class Training:
 def load_training(out_dir: Path, task: str, replicates: list[int] | None = None) -> Training:
     """Completed final runs of ``task`` at each method's selected learning rate (``study.selection``: the
     HPO choice, else the lr with the most replicates); runs at other learning rates are noted."""
-    from lorascope.study.selection import final_runs
+    from lorascope.results.selection import final_runs
 
     result = Training()
     selected = final_runs(out_dir, task, replicates)

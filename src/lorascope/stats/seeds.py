@@ -133,11 +133,13 @@ def power_note(task: str, training: Training, cfg: StatsConfig) -> dict:
         out["reference"] = {"accuracy": 85.0, "n_test": MRPC_TEST_N,
                             "ci_halfwidth_points": 100.0 * proportion_ci_halfwidth(0.85, MRPC_TEST_N, cfg.confidence)}
     ft = training.runs.get(REFERENCE, {})
-    metric = "accuracy" if task == "mrpc" else "exact"
+    metric = "accuracy" if task == "mrpc" else "f1"  # the primary metric (§12)
     n_test = _test_n(training)
     if ft and n_test:
         p = float(np.mean([run.test[metric] for run in ft.values() if metric in run.test])) / 100.0
-        out["observed"] = {"metric": metric, "value": 100.0 * p, "n_test": n_test,
+        # SQuAD F1 is a mean of per-question scores in [0, 1]: their variance is at most p(1 − p), so the
+        # proportion's half-width is an upper bound there (exact for accuracy).
+        out["observed"] = {"metric": metric, "value": 100.0 * p, "n_test": n_test, "bound": metric != "accuracy",
                            "ci_halfwidth_points": 100.0 * proportion_ci_halfwidth(p, n_test, cfg.confidence)}
     n_pairs = max((len(pairs(training, m)) for m in LORA_METHODS), default=0)
     out["seed_pairs"] = n_pairs
@@ -168,7 +170,8 @@ def _power_text(out: dict, alpha: float) -> str:
                      f"{out['confidence']:.0%} CI half-width is ±{r['ci_halfwidth_points']:.2f} points")
     if "observed" in out:
         o = out["observed"]
-        parts.append(f"here ({o['metric']} {o['value']:.1f} on n={o['n_test']}) it is ±{o['ci_halfwidth_points']:.2f}")
+        parts.append(f"here ({o['metric']} {o['value']:.1f} on n={o['n_test']}) it is "
+                     f"{'at most ' if o.get('bound') else ''}±{o['ci_halfwidth_points']:.2f}")
     if "paired_t_detectable_dz_80pct_power" in out:
         parts.append(f"with {out['seed_pairs']} seed pairs a paired t-test has 80% power only for "
                      f"|d_z| ≥ {out['paired_t_detectable_dz_80pct_power']:.2f}")

@@ -23,10 +23,10 @@ from typing import Iterable, Iterator
 from lorascope.config.load import canonical_json
 from lorascope.errors import LorascopeError
 from lorascope.manifest import MANIFEST, is_completed
+from lorascope.results import layout
+from lorascope.study.roles import ROLES
 
 KEY_VERSION = 1  # bump when the meaning of a job kind changes, so every key changes with it
-ROLES = ("vm1", "vm2", "vm3")
-JOBS_DIR = "jobs"
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def job_key(name: str, kind: str, params: dict, relevant: str, dep_keys: Iterabl
 
 
 def job_dir(out_dir: str | Path, name: str) -> Path:
-    return Path(out_dir) / JOBS_DIR / name
+    return layout.job_dir(out_dir, name)
 
 
 def is_done(out_dir: str | Path, job: Job) -> bool:

@@ -13,6 +13,7 @@ from typing import Callable
 from lorascope.config.schema import StudyConfig
 from lorascope.errors import LorascopeError
 from lorascope.manifest import study_invocation
+from lorascope.results import layout
 from lorascope.study.dag import Dag, Job
 from lorascope.study.executors import EventFn, StudyFailed, StudyOutcome, execute
 from lorascope.study.ingest import ingest_job
@@ -85,10 +86,8 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, executor: str | None = N
               data_dir: str | None = None, on_event: EventFn | None = None,
               progress: Callable[[str], None] | None = None, dag: Dag | None = None) -> tuple[StudyOutcome, Path]:
     """The whole study; returns the outcome and the path of ``summary.md``. Raises ``StudyFailed`` on failures."""
+    from lorascope.results.config import check_same_training
     from lorascope.study.jobs import build_study_dag
-    from lorascope.study.summary import write_summary
-
-    from lorascope.folder_config import check_same_training
     from lorascope.study.lock import folder_lock
 
     out_dir = Path(out_dir)
@@ -101,12 +100,54 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, executor: str | None = N
             outcome = run_dag(cfg, dag, out_dir, backend, on_event=on_event)
             entry["jobs"] = {s: outcome.count(s) for s in ("skipped", "completed", "failed", "cancelled")}
             if outcome.failed or outcome.ingest_errors:
-                raise StudyFailed(outcome.error_message() + f"\njob records: {out_dir / 'jobs'}/<job>/manifest.json")
-            summary = write_summary(cfg, dag, out_dir)
+                raise StudyFailed(
+                    outcome.error_message() + f"\njob records: {layout.jobs_dir(out_dir)}/<job>/manifest.json"
+                )
         if entry["jobs"]["completed"] and "report" in dag.jobs:
             # The report job ran inside this invocation, before it was recorded as completed: render it once
             # more now, so the report a reader opens never shows a finished study as "running".
-            from lorascope.report.stage import write_report
+            from lorascope.study.stages.report import render
 
-            write_report(out_dir, cfg)
-    return outcome, summary
+            render(out_dir, cfg)
+    return outcome, out_dir / layout.SUMMARY
+
+
+def run_stage_jobs(
+    cfg: StudyConfig,
+    out_dir: str | Path,
+    stage: str,
+    *,
+    tasks: list[str] | None = None,
+    data_dir: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    force: bool = False,
+) -> list[dict]:
+    """Run the jobs of one stage of the study in an existing results folder (``lorascope drift/weights/
+    serve-bench/stats/report``): the same jobs, keys and outputs as ``lorascope run`` — done ones are skipped —
+    under the folder's lock, recorded in its invocation history and ``results.db``. Their inputs must exist
+    (the stage says which are missing); the jobs they depend on are not run. ``force``: run them even when done
+    (the report: rendering is cheap, and the files it reads may have changed under the same keys)."""
+    from lorascope.results.config import check_same_training
+    from lorascope.study.executor_local import InlineBackend
+    from lorascope.study.jobs import build_study_dag
+    from lorascope.study.lock import folder_lock
+
+    out_dir = Path(out_dir)
+    with folder_lock(out_dir, f"lorascope {stage}", note=progress):
+        check_same_training(out_dir, cfg)
+        full = build_study_dag(cfg, out_dir)
+        chosen = [j for j in full.by_kind().get(stage, []) if tasks is None or j.params.get("task") in tasks]
+        if not chosen:
+            raise LorascopeError(f"the study has no {stage} job" + (f" for {', '.join(tasks)}" if tasks else ""))
+        with study_invocation(out_dir, cfg, command=stage, extra={"jobs": len(chosen)},
+                              defines_study=False) as entry:
+            sub = Dag()
+            for job in chosen:  # dependencies are treated as done: the stage checks its inputs itself
+                sub.jobs[job.name] = Job(**{**job.__dict__, "deps": ()})
+                if force:
+                    (layout.job_dir(out_dir, job.name) / layout.MANIFEST).unlink(missing_ok=True)
+            outcome = run_dag(cfg, sub, out_dir, InlineBackend(cfg, out_dir, data_dir=data_dir, progress=progress))
+            entry["jobs"] = {s: outcome.count(s) for s in ("skipped", "completed", "failed", "cancelled")}
+            if outcome.failed or outcome.ingest_errors:
+                raise StudyFailed(outcome.error_message())
+    return [outcome.outcomes[j.name] for j in chosen]

@@ -50,7 +50,10 @@ def die_with_parent(parent: int) -> None:
 
 
 def _init_worker(threads: int, parent: int) -> None:
+    from lorascope.logs import quiet_third_party
+
     die_with_parent(parent)
+    quiet_third_party()
     # Before torch is imported in this fresh (spawned) process, so its thread pools start at this size.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)

@@ -25,6 +25,9 @@ from lorascope.study.runner import run_job
 
 
 def _entry(job: dict, cfg: dict, out_dir: str, data_dir: str | None) -> dict:
+    from lorascope.logs import quiet_third_party
+
+    quiet_third_party()
     return run_job(job, cfg, out_dir, data_dir=data_dir)
 
 

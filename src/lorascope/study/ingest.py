@@ -1,18 +1,16 @@
-"""Ingest the JSON outputs the stages write into the results store (run by the driver only).
+"""Export the JSON outputs the stages write into ``results.db`` (run by the driver only).
 
-Each function reads files under the artifact root and replaces the rows of one job key, so ingesting a job
-again (a rerun, a rebuilt database) never duplicates anything. Layouts read (written by the stages):
-- runs: ``<task>/runs/<name>/results.json`` + ``predictions_test.jsonl`` (zero-shot: ``<task>/zero_shot/``)
-- HPO: ``<task>/hpo/<method>/hpo.json`` (one validation-only run per trial)
-- weights: ``<task>/weights/weights.json``; drift: ``<task>/drift/drift.json`` (``scores`` rows);
-  serving: ``serve/serve.json`` (``cells``)
+``results.db`` is an export, not a source: the files under the results folder (atomic, manifest-guarded)
+are what the statistics and the report read; the database is a queryable index of them for the researcher
+(SQL over runs, metrics, predictions, drift, weights, serving). Each function reads one output and replaces
+the rows of one job key, so ingesting a job again (a rerun, a rebuilt database) never duplicates anything;
+each stage declares which of these functions ingests it (``study/stages/``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
 from lorascope.study.store import ResultsStore
 
@@ -107,35 +105,11 @@ def ingest_serve(store: ResultsStore, job_key: str, serve_json: str | Path) -> i
     return store.replace_rows("serving", job_key, rows)
 
 
-def _train(store, out_dir: Path, job, result: dict) -> None:
-    ingest_run(store, job.key, out_dir / result["run_dir"])
-
-
-def _zero_shot(store, out_dir: Path, job, result: dict) -> None:
-    task = job.params["task"]
-    ingest_run(store, job.key, out_dir / task / "zero_shot", name=f"{task}-base_zero_shot")
-
-
-def _file_ingester(fn: Callable, relpath: Callable[[dict], str]):
-    def ingest(store, out_dir: Path, job, result: dict) -> None:
-        path = out_dir / relpath(job.params)
-        if path.is_file():
-            fn(store, job.key, path)
-    return ingest
-
-
-INGESTERS: dict[str, Callable] = {
-    "train": _train,
-    "zero_shot": _zero_shot,
-    "hpo": _file_ingester(ingest_hpo, lambda p: f"{p['task']}/hpo/{p['method']}/hpo.json"),
-    "weights": _file_ingester(ingest_weights, lambda p: f"{p['task']}/weights/weights.json"),
-    "drift": _file_ingester(ingest_drift, lambda p: f"{p['task']}/drift/drift.json"),
-    "serve": _file_ingester(ingest_serve, lambda p: "serve/serve.json"),
-}
-
-
 def ingest_job(store: ResultsStore, out_dir: str | Path, job, outcome: dict) -> None:
-    """Record the job's outcome and, for a completed job of a kind with outputs, ingest them."""
-    if outcome.get("status") == "completed" and job.kind in INGESTERS:
-        INGESTERS[job.kind](store, Path(out_dir), job, outcome.get("result") or {})
+    """Record the job's outcome and, for a completed job of a stage that declares an ingester, ingest its outputs."""
+    from lorascope.study.stages import BY_NAME
+
+    stage = BY_NAME.get(job.kind)
+    if outcome.get("status") == "completed" and stage is not None and stage.ingest is not None:
+        stage.ingest(store, Path(out_dir), job, outcome.get("result") or {})
     store.record_job(job, outcome.get("status", "failed"), outcome)

@@ -75,15 +75,28 @@ def folder_lock(out_dir: str | Path, command: str, note: Callable[[str], None] |
         previous = _holder(path)
         host = socket.gethostname()
         if previous.get("pid") and (previous.get("host") != host or previous["pid"] != os.getpid()):
-            if previous.get("host") == host and _alive_lorascope(int(previous["pid"])) and previous.get("released") is None:
+            if (
+                previous.get("host") == host
+                and _alive_lorascope(int(previous["pid"]))
+                and previous.get("released") is None
+            ):
                 # the flock is ours, yet a live process on this host claims the folder: a file system that
                 # ignores flock (some network mounts). Refuse rather than risk two writers.
-                raise FolderLocked(f"{out} is claimed by a live process ({_describe(previous)}) and this file system "
-                                   "did not enforce the lock; stop that process first. Nothing was written.")
+                raise FolderLocked(
+                    f"{out} is claimed by a live process ({_describe(previous)}) and this file system "
+                    "did not enforce the lock; stop that process first. Nothing was written."
+                )
             if previous.get("released") is None and note is not None:
-                note(f"taking over the lock of {out} from a run that ended without releasing it ({_describe(previous)})")
-        me = {"host": host, "pid": os.getpid(), "command": command,
-              "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "released": None}
+                note(
+                    f"taking over the lock of {out} from a run that ended without releasing it ({_describe(previous)})"
+                )
+        me = {
+            "host": host,
+            "pid": os.getpid(),
+            "command": command,
+            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "released": None,
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         os.fsync(fd)

@@ -42,13 +42,19 @@ class Assumptions:
     serve_ms_per_token: float = 20.0
 
     def lines(self, n_params: float, n_source: str) -> list[str]:
-        return [f"model parameters N = {n_params / 1e6:,.1f} M ({n_source})",
-                f"GPU {self.gpu}: {self.peak_tflops:g} TFLOP/s dense bf16; training MFU {self.train_mfu:.0%}, "
-                f"evaluation/decoding MFU {self.eval_mfu:.0%}",
-                f"FLOPs per trained token: FT 6·N, LoRA {self.lora_flops_per_token:g}·N; evaluation 2·N per token",
-                f"mean tokens per example (prompt + target): {self.tokens_per_example}",
-                f"full split sizes (before subsample caps): {self.split_sizes}",
-                f"serving: {self.serve_ms_per_token:g} ms per decoded token per request batch"]
+        return [
+            f"model parameters N = {n_params / 1e6:,.1f} M ({n_source})",
+            f"GPU {self.gpu}: {self.peak_tflops:g} TFLOP/s dense bf16; training MFU {self.train_mfu:.0%}, "
+            f"evaluation/decoding MFU {self.eval_mfu:.0%}",
+            f"FLOPs per trained token: FT 6·N, LoRA {self.lora_flops_per_token:g}·N; evaluation 2·N per token",
+            "mean tokens per example (prompt + target): "
+            + ", ".join(f"{t} {n}" for t, n in self.tokens_per_example.items()),
+            "full split sizes (before subsample caps): "
+            + "; ".join(
+                f"{t} " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()) for t, sizes in self.split_sizes.items()
+            ),
+            f"serving: {self.serve_ms_per_token:g} ms per decoded token per request batch",
+        ]
 
 
 def model_params(cfg: StudyConfig) -> tuple[float, str]:
@@ -94,38 +100,54 @@ class CostModel:
         hours += evals * self.eval_hours(task, self.size(task, "validation"))
         return hours + (self.eval_hours(task, self.size(task, "test")) if test else 0.0)
 
+    def sanity_hours(self, task: str, method: str) -> float:
+        s = self.cfg.sanity
+        per_token = 6.0 if method == "ft" else self.a.lora_flops_per_token
+        tokens = s.max_steps * s.n_examples * self.a.tokens_per_example[task]
+        return self._hours(per_token * self.n * tokens, self.a.train_mfu) + self.eval_hours(task, s.n_examples)
+
+    def hpo_hours(self, task: str, method: str) -> float:
+        grid = self.cfg.ft.lr_grid if method == "ft" else self.cfg.lora.lr_grid
+        return len(grid) * self.train_hours(task, method, test=False)
+
+    def weights_hours(self, task: str) -> float:
+        """Re-evaluations of the DARE / magnitude curves (2 methods × 7 points) dominate; the §9 metrics
+        themselves take seconds (docs/benchmarks.md)."""
+        return 2 * 7 * self.eval_hours(task, self.size(task, "validation"))
+
+    def drift_hours(self, task: str) -> float:
+        cfg = self.cfg
+        runs = len(cfg.train.methods) * len(cfg.seeds.replicates)
+        probes = 3 * self.eval_hours(task, cfg.data.probe_size)
+        return runs * (probes + 2 * self.eval_hours(task, cfg.drift.forgetting_texts))
+
+    def serve_hours(self) -> float:
+        s = self.cfg.serve
+        cells = len(s.backends) * len(s.scenarios) * len(s.batch_sizes) * len(s.output_modes)
+        return cells * (s.requests + s.warmup) * s.new_tokens * self.a.serve_ms_per_token / 1000 / 3600
+
     def job_hours(self, job: Job) -> float:
-        p, cfg = job.params, self.cfg
-        if job.kind == "sanity":
-            s = cfg.sanity
-            per_token = 6.0 if p["method"] == "ft" else self.a.lora_flops_per_token
-            tokens = s.max_steps * s.n_examples * self.a.tokens_per_example[p["task"]]
-            return self._hours(per_token * self.n * tokens, self.a.train_mfu) + self.eval_hours(p["task"], s.n_examples)
-        if job.kind == "zero_shot":
-            return self.eval_hours(p["task"], self.size(p["task"], "test"))
-        if job.kind == "hpo":
-            grid = cfg.ft.lr_grid if p["method"] == "ft" else cfg.lora.lr_grid
-            return len(grid) * self.train_hours(p["task"], p["method"], test=False)
-        if job.kind == "train":
-            return self.train_hours(p["task"], p["method"], test=True)
-        if job.kind == "weights":
-            return 2 * 7 * self.eval_hours(p["task"], self.size(p["task"], "validation"))
-        if job.kind == "drift":
-            runs = len(cfg.train.methods) * len(cfg.seeds.replicates)
-            probes = 3 * self.eval_hours(p["task"], cfg.data.probe_size)
-            return runs * (probes + 2 * self.eval_hours(p["task"], cfg.drift.forgetting_texts))
-        if job.kind == "serve":
-            s = cfg.serve
-            cells = len(s.backends) * len(s.scenarios) * len(s.batch_sizes) * len(s.output_modes)
-            return cells * (s.requests + s.warmup) * s.new_tokens * self.a.serve_ms_per_token / 1000 / 3600
-        return 0.0  # data, stats, report: CPU
+        """GPU-hours of one job, by its stage's declared cost (``study/stages/``); CPU stages cost 0."""
+        from lorascope.study.stages import BY_NAME
+
+        stage = BY_NAME.get(job.kind)
+        return stage.cost(self, job.params) if stage is not None and stage.cost is not None else 0.0
 
 
 def estimate(cfg: StudyConfig, dag: Dag, assumptions: Assumptions | None = None) -> dict:
     """Per job and per stage (kind): count, roles, GPU-hours; plus the assumptions as printable lines."""
     model = CostModel(cfg, assumptions)
-    jobs = [{"name": j.name, "kind": j.kind, "role": j.role, "num_gpus": j.num_gpus, "deps": list(j.deps),
-             "gpu_hours": model.job_hours(j) if j.num_gpus else 0.0} for j in dag.topological()]
+    jobs = [
+        {
+            "name": j.name,
+            "kind": j.kind,
+            "role": j.role,
+            "num_gpus": j.num_gpus,
+            "deps": list(j.deps),
+            "gpu_hours": model.job_hours(j) if j.num_gpus else 0.0,
+        }
+        for j in dag.topological()
+    ]
     stages: dict[str, dict] = {}
     for j in jobs:
         s = stages.setdefault(j["kind"], {"jobs": 0, "roles": set(), "gpu_hours": 0.0})
@@ -134,5 +156,9 @@ def estimate(cfg: StudyConfig, dag: Dag, assumptions: Assumptions | None = None)
         s["gpu_hours"] += j["gpu_hours"]
     for s in stages.values():
         s["roles"] = sorted(s["roles"])
-    return {"jobs": jobs, "stages": stages, "total_gpu_hours": sum(j["gpu_hours"] for j in jobs),
-            "assumptions": model.a.lines(model.n, model.n_source)}
+    return {
+        "jobs": jobs,
+        "stages": stages,
+        "total_gpu_hours": sum(j["gpu_hours"] for j in jobs),
+        "assumptions": model.a.lines(model.n, model.n_source),
+    }

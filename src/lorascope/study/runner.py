@@ -34,12 +34,26 @@ class JobContext:
     data_dir: str | None = None
     progress: Callable[[str], None] | None = None
 
+    def step(self, msg: str) -> None:
+        """A progress message for the display (nothing when the job runs without one)."""
+        if self.progress is not None:
+            self.progress(msg)
+
     def dep_result(self, name: str) -> dict:
         """The summary a dependency returned (from its job manifest on the artifact root)."""
         rec = job_record(self.out_dir, name)
         if rec is None or rec.get("status") != "completed":
             raise RuntimeError(f"job {self.job.name}: dependency {name} has no completed record")
         return rec.get("result") or {}
+
+
+def stage_view(job: Job, cfg: StudyConfig):
+    """The config as the job's stage may read it (``stage.ConfigView``); a job of no declared stage sees it all."""
+    from lorascope.study.stage import ConfigView
+    from lorascope.study.stages import BY_NAME
+
+    stage = BY_NAME.get(job.kind)
+    return cfg if stage is None else ConfigView(cfg, stage.reads, stage.name)
 
 
 def resolve(fn: str) -> Callable[..., Any]:
@@ -60,7 +74,8 @@ def node_name() -> str:
 
 
 def gpu_ids() -> list[str]:
-    """The GPUs this job may use (recorded in its manifest): Ray's assignment in a Ray task, else CUDA_VISIBLE_DEVICES."""
+    """The GPUs this job may use (recorded in its manifest): Ray's assignment in a Ray task, else
+    CUDA_VISIBLE_DEVICES."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         try:
@@ -71,16 +86,43 @@ def gpu_ids() -> list[str]:
     return [g for g in env.split(",") if g] if env else []
 
 
-def _outcome(job: Job, status: str, *, node: str, attempt: int | None, started: float | None = None,
-             result: dict | None = None, error: str | None = None, tb: str | None = None,
-             skipped: bool = False) -> dict:
-    return {"name": job.name, "key": job.key, "kind": job.kind, "status": status, "skipped": skipped,
-            "node": node, "attempt": attempt, "started": started, "finished": time.time(),
-            "result": result, "error": error, "traceback": tb}
+def _outcome(
+    job: Job,
+    status: str,
+    *,
+    node: str,
+    attempt: int | None,
+    started: float | None = None,
+    result: dict | None = None,
+    error: str | None = None,
+    tb: str | None = None,
+    skipped: bool = False,
+) -> dict:
+    return {
+        "name": job.name,
+        "key": job.key,
+        "kind": job.kind,
+        "status": status,
+        "skipped": skipped,
+        "node": node,
+        "attempt": attempt,
+        "started": started,
+        "finished": time.time(),
+        "result": result,
+        "error": error,
+        "traceback": tb,
+    }
 
 
-def run_job(job: Job | dict, cfg: StudyConfig | dict, out_dir: str | Path, *, data_dir: str | None = None,
-            gpu: int | None = None, progress: Callable[[str], None] | None = None) -> dict:
+def run_job(
+    job: Job | dict,
+    cfg: StudyConfig | dict,
+    out_dir: str | Path,
+    *,
+    data_dir: str | None = None,
+    gpu: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Run ``job`` unless done; returns an outcome dict (status ``completed`` or ``failed``)."""
     job = Job.from_dict(job) if isinstance(job, dict) else job
     cfg = StudyConfig.model_validate(cfg) if isinstance(cfg, dict) else cfg
@@ -88,8 +130,14 @@ def run_job(job: Job | dict, cfg: StudyConfig | dict, out_dir: str | Path, *, da
     node = node_name()
     if is_done(out_dir, job):
         rec = job_record(out_dir, job.name) or {}
-        return _outcome(job, "completed", node=rec.get("node", node), attempt=rec.get("attempt"),
-                        result=rec.get("result"), skipped=True)
+        return _outcome(
+            job,
+            "completed",
+            node=rec.get("node", node),
+            attempt=rec.get("attempt"),
+            result=rec.get("result"),
+            skipped=True,
+        )
     prev = job_record(out_dir, job.name)
     # A previous attempt of this same job (killed with its node, or failed) counts; another key's does not.
     attempt = int(prev.get("attempt") or 0) + 1 if prev and prev.get("identity") == job.key else 1
@@ -99,14 +147,18 @@ def run_job(job: Job | dict, cfg: StudyConfig | dict, out_dir: str | Path, *, da
             import torch
 
             torch.cuda.set_device(gpu)  # stages use torch.device("cuda"), i.e. the current device
-        with run_manifest(job_dir(out_dir, job.name), cfg, command=f"job {job.name}",
-                          extra={"identity": job.key, "job": job.to_dict(), "attempt": attempt, "node": node,
-                                 "gpus": gpu_ids()}) as man:
-            ctx = JobContext(job, cfg, out_dir, data_dir, progress)
+        with run_manifest(
+            job_dir(out_dir, job.name),
+            cfg,
+            command=f"job {job.name}",
+            extra={"identity": job.key, "job": job.to_dict(), "attempt": attempt, "node": node, "gpus": gpu_ids()},
+        ) as man:
+            ctx = JobContext(job, stage_view(job, cfg), out_dir, data_dir, progress)
             result = resolve(job.fn)(ctx, **job.params) or {}
             man["result"] = result
     except Exception as exc:  # noqa: BLE001 — reported as the job's failure; the manifest says failed
         error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return _outcome(job, "failed", node=node, attempt=attempt, started=started, error=error,
-                        tb=traceback.format_exc())
+        return _outcome(
+            job, "failed", node=node, attempt=attempt, started=started, error=error, tb=traceback.format_exc()
+        )
     return _outcome(job, "completed", node=node, attempt=attempt, started=started, result=result)

@@ -48,12 +48,22 @@ def _pad_right(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, t
 
 def verbalizer_ids(tokenizer, prompt_text: str) -> dict[int, list[int]]:
     """Token ids of each verbalizer as it follows this prompt (joint tokenization, EOS excluded)."""
-    return {label: split_prompt_target(tokenizer, prompt_text, text)[1][:-1] for label, text in MRPC_VERBALIZERS.items()}
+    return {
+        label: split_prompt_target(tokenizer, prompt_text, text)[1][:-1] for label, text in MRPC_VERBALIZERS.items()
+    }
 
 
 @torch.no_grad()
-def score_mrpc(model, tokenizer, examples: Sequence[MrpcExample], *, batch_size: int, max_length: int,
-               device: torch.device, bf16: bool = True) -> list[dict]:
+def score_mrpc(
+    model,
+    tokenizer,
+    examples: Sequence[MrpcExample],
+    *,
+    batch_size: int,
+    max_length: int,
+    device: torch.device,
+    bf16: bool = True,
+) -> list[dict]:
     """argmax over labels of the summed log-prob of the verbalizer tokens; one forward pass per batch."""
     lm = unwrap_causal_lm(model)
     records = []
@@ -80,14 +90,33 @@ def score_mrpc(model, tokenizer, examples: Sequence[MrpcExample], *, batch_size:
         for i, ex in enumerate(batch):
             lp_yes, lp_no = scores[2 * i], scores[2 * i + 1]
             pred = 1 if lp_yes > lp_no else 0  # ties → "no" (deterministic)
-            records.append({"id": ex.id, "label": ex.label, "pred": pred, "correct": int(pred == ex.label),
-                            "logprob_yes": lp_yes, "logprob_no": lp_no, "truncated": meta[i]})
+            records.append(
+                {
+                    "id": ex.id,
+                    "label": ex.label,
+                    "pred": pred,
+                    "correct": int(pred == ex.label),
+                    "logprob_yes": lp_yes,
+                    "logprob_no": lp_no,
+                    "truncated": meta[i],
+                }
+            )
     return records
 
 
 @torch.no_grad()
-def generate_squad(model, tokenizer, examples: Sequence[SquadExample], *, batch_size: int, max_length: int,
-                   max_new_tokens: int, device: torch.device, bf16: bool = True, synced_gpus: bool = False) -> list[dict]:
+def generate_squad(
+    model,
+    tokenizer,
+    examples: Sequence[SquadExample],
+    *,
+    batch_size: int,
+    max_length: int,
+    max_new_tokens: int,
+    device: torch.device,
+    bf16: bool = True,
+    synced_gpus: bool = False,
+) -> list[dict]:
     """Greedy decoding with a KV cache, left-padded batches, stop at EOS or newline (§4)."""
     lm = unwrap_causal_lm(model)
     stop = [tokenizer.eos_token_id, newline_token_id(tokenizer)]
@@ -102,30 +131,61 @@ def generate_squad(model, tokenizer, examples: Sequence[SquadExample], *, batch_
             ids[i, T - len(p) :] = torch.tensor(p)
             mask[i, T - len(p) :] = 1
         with autocast_ctx(device, bf16):
-            out = lm.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                              do_sample=False, num_beams=1, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id,
-                              use_cache=True, synced_gpus=synced_gpus)
+            out = lm.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=stop,
+                pad_token_id=tokenizer.pad_token_id,
+                use_cache=True,
+                synced_gpus=synced_gpus,
+            )
         for i, ex in enumerate(batch):
             gen = out[i, T:].tolist()
             cut = next((j for j, t in enumerate(gen) if t in stop), len(gen))
             text = tokenizer.decode(gen[:cut], skip_special_tokens=True)
-            records.append({"id": ex.id, "prediction": answer_from_generation(text), "generation": text,
-                            "truncated": truncated[i]})
+            records.append(
+                {"id": ex.id, "prediction": answer_from_generation(text), "generation": text, "truncated": truncated[i]}
+            )
     return records
 
 
-def evaluate(task: str, model, tokenizer, examples: Sequence, *, batch_size: int, max_length: int,
-             max_new_tokens: int, device: torch.device, bf16: bool = True, synced_gpus: bool = False) -> tuple[dict, list[dict]]:
+def evaluate(
+    task: str,
+    model,
+    tokenizer,
+    examples: Sequence,
+    *,
+    batch_size: int,
+    max_length: int,
+    max_new_tokens: int,
+    device: torch.device,
+    bf16: bool = True,
+    synced_gpus: bool = False,
+) -> tuple[dict, list[dict]]:
     """Metrics (percent) and per-example records for one split. ``metrics["truncated"]`` counts cut contexts."""
     was_training = model.training
     model.eval()
     try:
         if task == "mrpc":
-            recs = score_mrpc(model, tokenizer, examples, batch_size=batch_size, max_length=max_length, device=device, bf16=bf16)
+            recs = score_mrpc(
+                model, tokenizer, examples, batch_size=batch_size, max_length=max_length, device=device, bf16=bf16
+            )
             metrics = dict(mrpc_metrics([r["label"] for r in recs], [r["pred"] for r in recs]))
         else:
-            recs = generate_squad(model, tokenizer, examples, batch_size=batch_size, max_length=max_length,
-                                  max_new_tokens=max_new_tokens, device=device, bf16=bf16, synced_gpus=synced_gpus)
+            recs = generate_squad(
+                model,
+                tokenizer,
+                examples,
+                batch_size=batch_size,
+                max_length=max_length,
+                max_new_tokens=max_new_tokens,
+                device=device,
+                bf16=bf16,
+                synced_gpus=synced_gpus,
+            )
             preds = {r["id"]: r["prediction"] for r in recs}
             metrics = dict(evaluate_examples(list(examples), preds))
             exact, f1 = per_question_scores({ex.id: list(ex.answers) for ex in examples}, preds)

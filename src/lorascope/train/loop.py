@@ -120,12 +120,13 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
                out_dir: Path, *, pad_id: int, device: torch.device, dist: DistInfo = DistInfo(),
                validate: Callable[[], dict] | None = None, primary: str = "accuracy",
                on_best: Callable[[int, dict], None] | None = None, log: Callable[[dict], None] = lambda r: None,
-               identity: str | None = None, health: Callable[[dict | None], dict] | None = None) -> LoopResult:
+               identity: str | None = None, health: Callable[[dict | None], dict] | None = None,
+               health_baseline: dict | None = None) -> LoopResult:
     """Train ``model`` (through ``loss_module``) on ``train``; resume from ``out_dir/checkpoints`` if present.
 
     ``validate()`` returns validation metrics; the best by ``primary`` triggers ``on_best(step, metrics)``.
-    ``health(baseline)`` (``collapse.output_collapse``) runs before the first step (its result is the baseline)
-    and before each validation: collapsed outputs, like a NaN
+    ``health(health_baseline)`` (``collapse.output_collapse``; the baseline is its result on the starting model)
+    runs before each validation: collapsed outputs, like a NaN
     loss or a loss above ``divergence_factor`` × the first step's, raise ``TrainingDiverged``.
     The caller's global torch RNG state is restored on return (the dropout stream lives in a fork).
     """
@@ -144,29 +145,29 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
     eval_every = max(1, round(steps_per_epoch / S.evals_per_epoch)) if S.evals_per_epoch and validate else None
     ckpt_every = S.checkpoint_every or eval_every or total
     optimizer = make_optimizer(model, S.lr, S.weight_decay, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(math.ceil(S.warmup_ratio * total), total))
+    warmup = math.ceil(S.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, total))
     ckpt_root = out_dir / "checkpoints"
     params = [p for p in model.parameters() if p.requires_grad]
     result = LoopResult(steps=0, best_metric=None, best_step=None)
 
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        step, state = 0, {}
+        step = 0
         ckpt = latest_checkpoint(ckpt_root)
         if ckpt is not None:
             saved = json.loads((ckpt / "state.json").read_text())
             if saved.get("identity") != identity or saved.get("total_steps") != total:
                 raise LorascopeError(
                     f"{ckpt} belongs to another run (different spec, config or data; or {saved.get('total_steps')} "
-                    f"vs {total} total steps): refusing to resume from it. Use another --out or delete the folder.")
+                    f"vs {total} total steps): refusing to resume from it. Use another --out or delete the folder."
+                )
             state = load_checkpoint(ckpt, model, optimizer)
             _drop_best_beyond(out_dir, state["step"])
             scheduler.load_state_dict(state["scheduler"])
             step, result.best_metric, result.best_step = state["step"], state["best_metric"], state["best_step"]
             result.history = state["history"]
             log({"event": "resumed", "step": step, "checkpoint": ckpt.name})
-        # The output checks compare with the model the run started from (a random-weight model starts uniform).
-        baseline = state.get("health_baseline") if ckpt is not None else (health(None) if health else None)
         model.train()
         batches_cache: dict[int, list[list[int]]] = {}
         while step < total:
@@ -197,31 +198,55 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
             grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             recent = [h for h in result.history if "loss" in h][-5:]
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                raise TrainingDiverged({"step": step + 1, "loss": loss, "grad_norm": grad_norm, "lr": lr,
-                                        "recent": recent})
+                raise TrainingDiverged(
+                    {"step": step + 1, "loss": loss, "grad_norm": grad_norm, "lr": lr, "recent": recent}
+                )
             first = next((h["loss"] for h in result.history if "loss" in h), None)
             exploded = loss_exploded(loss, first, S.divergence_factor)
             if exploded:
-                raise TrainingDiverged({"step": step + 1, "loss": loss, "grad_norm": grad_norm, "lr": lr,
-                                        "reason": exploded, "recent": recent})
+                raise TrainingDiverged(
+                    {
+                        "step": step + 1,
+                        "loss": loss,
+                        "grad_norm": grad_norm,
+                        "lr": lr,
+                        "reason": exploded,
+                        "recent": recent,
+                    }
+                )
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             dt = time.perf_counter() - t0
-            record = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss, "lr": lr,
-                      "grad_norm": grad_norm, "tokens": tokens * dist.world_size, "step_time_s": round(dt, 4)}
+            record = {
+                "step": step,
+                "epoch": round(step / steps_per_epoch, 4),
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens": tokens * dist.world_size,
+                "step_time_s": round(dt, 4),
+            }
             if device.type == "cuda":
                 record["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
             result.history.append(record)
             log(record)
             if eval_every and (step % eval_every == 0 or step == total):
                 if health is not None:
-                    diag = health(baseline)
+                    diag = health(health_baseline)
                     if diag["collapsed"]:
-                        raise TrainingDiverged({"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr,
-                                                "reason": diag["reason"], "outputs": diag,
-                                                "recent": result.history[-5:]})
+                        raise TrainingDiverged(
+                            {
+                                "step": step,
+                                "loss": loss,
+                                "grad_norm": grad_norm,
+                                "lr": lr,
+                                "reason": diag["reason"],
+                                "outputs": diag,
+                                "recent": result.history[-5:],
+                            }
+                        )
                 metrics = validate()
                 # Every rank must take the same decision (on_best is collective under FSDP): rank 0's.
                 better = bool(broadcast_bool(result.best_metric is None or metrics[primary] > result.best_metric, dist))
@@ -234,10 +259,18 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
                 log(entry)
             stop = S.stop_loss is not None and loss <= S.stop_loss
             if step % ckpt_every == 0 or step == total or stop:
-                state = {"step": step, "best_metric": result.best_metric, "best_step": result.best_step,
-                         "scheduler": scheduler.state_dict(), "history": result.history, "seeds": seeds.as_dict(),
-                         "settings": asdict(S), "steps_per_epoch": steps_per_epoch, "total_steps": total,
-                         "identity": identity, "health_baseline": baseline}
+                state = {
+                    "step": step,
+                    "best_metric": result.best_metric,
+                    "best_step": result.best_step,
+                    "scheduler": scheduler.state_dict(),
+                    "history": result.history,
+                    "seeds": seeds.as_dict(),
+                    "settings": asdict(S),
+                    "steps_per_epoch": steps_per_epoch,
+                    "total_steps": total,
+                    "identity": identity,
+                }
                 save_checkpoint(ckpt_root, step, model, optimizer, state, write=dist.is_main)
             if stop:
                 result.stopped_early = True

@@ -50,7 +50,9 @@ class TargetTokenLoss(nn.Module):
         mask_in = None if self.causal_no_mask else attention_mask
         # use_cache=False: training needs no KV cache (it would only hold tensors and, under torch.compile,
         # specialise each layer's graph); the outputs are the same either way.
-        hidden = self.lm.model(input_ids=input_ids, attention_mask=mask_in, use_cache=False).last_hidden_state  # (b, T, d)
+        hidden = self.lm.model(
+            input_ids=input_ids, attention_mask=mask_in, use_cache=False
+        ).last_hidden_state  # (b, T, d)
         shift_labels = labels[:, 1:]  # position t predicts token t+1
         mask = shift_labels != IGNORE_INDEX  # (b, T-1)
         selected = hidden[:, :-1][mask]  # (n_targets, d)

@@ -17,7 +17,8 @@ from safetensors.torch import save as save_safetensors
 
 from lorascope.config import config_hash, result_hash
 from lorascope.config.schema import StudyConfig
-from lorascope.data.load import load_task
+from lorascope.data.load import task_data
+from lorascope.data.prompts import prompt
 from lorascope.data.tokenize import encode_train
 from lorascope.data.types import TaskData
 from lorascope.errors import LorascopeError
@@ -25,8 +26,8 @@ from lorascope.io import atomic_dir, atomic_write_bytes, atomic_write_json, atom
 from lorascope.manifest import is_completed, run_manifest
 from lorascope.models.load import load_causal_lm
 from lorascope.models.lora import apply_lora
-from lorascope.models.tokenizer import load_tokenizer
-from lorascope.data.prompts import prompt
+from lorascope.models.tokenizer import tokenizer_for
+from lorascope.train import speed
 from lorascope.train.checkpoint import latest_checkpoint, load_trainable_state, trainable_state
 from lorascope.train.collapse import PROBE_PROMPTS, output_collapse
 from lorascope.train.dist import DistInfo, barrier, root_unsharded, wrap_for_strategy
@@ -37,7 +38,6 @@ from lorascope.train.holdout import without_test
 from lorascope.train.loop import LoopSettings, TrainingDiverged, train_loop
 from lorascope.train.loss import TargetTokenLoss
 from lorascope.train.seeds import run_seeds
-from lorascope.train import speed
 from lorascope.train.tracking import Tracker
 
 METHODS = ("ft", "lora", "lora_qv")
@@ -124,12 +124,14 @@ def save_final_model(model, tokenizer, folder: Path, method: str) -> None:
 
 
 def _truncate_metrics_log(out_dir: Path) -> None:
-    """After a resume, drop log lines past the checkpoint (they are recomputed identically)."""
+    """Before a (re)start, drop log lines past the checkpoint it resumes from (they are recomputed identically);
+    with no checkpoint the run starts from step 0, so every line of an earlier, killed attempt goes (a retried
+    run killed before its first checkpoint logged its first steps twice)."""
     path = out_dir / "metrics.jsonl"
-    ckpt = latest_checkpoint(out_dir / "checkpoints")
-    if not path.is_file() or ckpt is None:
+    if not path.is_file():
         return
-    step = json.loads((ckpt / "state.json").read_text())["step"]
+    ckpt = latest_checkpoint(out_dir / "checkpoints")
+    step = json.loads((ckpt / "state.json").read_text())["step"] if ckpt is not None else 0
     keep = [ln for ln in path.read_text().splitlines() if json.loads(ln).get("step", 0) <= step]
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
@@ -167,7 +169,7 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
     device = device or default_device()
     seeds = run_seeds(cfg.seeds, spec.replicate)
     if data is None:
-        data = load_task(spec.task, cfg.data, seed=cfg.seeds.split, data_dir=data_dir, apply_subsample=True)
+        data = task_data(cfg, spec.task, data_dir=data_dir, subsample=True)
     if spec.hpo:
         data = without_test(data)
     identity = run_identity(cfg, spec, data)
@@ -180,7 +182,7 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
     with run_manifest(out_dir, cfg, command=f"train {spec.name}", seeds={**cfg.seeds.model_dump(), **seeds.as_dict()},
                       extra={"run": spec.__dict__, "data": data.describe(), "identity": identity}) \
             if dist.is_main else _nullmanifest() as manifest:
-        tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
+        tokenizer = tokenizer_for(cfg.model)
         model = build_model(cfg, spec.method, seeds.init, device)
         lora_kernel = speed_up(model, cfg, spec.method, device)
         train_enc, dropped = encode_train(tokenizer, data["train"], cfg.data.max_length)
@@ -196,15 +198,17 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
 
         def validate() -> dict:
             with root_unsharded(loss_module), eager():
-                return evaluate(spec.task, model, tokenizer, data["validation"], **ev, synced_gpus=dist.world_size > 1)[0]
+                synced = dist.world_size > 1
+                return evaluate(spec.task, model, tokenizer, data["validation"], **ev, synced_gpus=synced)[0]
 
         health_prompts = [prompt(ex) for ex in data["validation"][:PROBE_PROMPTS]]
 
         def health(baseline: dict | None) -> dict:
             # Under the same autocast as training and validation: on CUDA the frozen LoRA base weights are bf16.
             with root_unsharded(loss_module), eager(), torch.no_grad(), autocast_ctx(device, settings.bf16):
-                return output_collapse(model, tokenizer, health_prompts, device=device, max_length=cfg.data.max_length,
-                                       baseline=baseline)
+                return output_collapse(
+                    model, tokenizer, health_prompts, device=device, max_length=cfg.data.max_length, baseline=baseline
+                )
 
         def on_best(step: int, metrics: dict) -> None:
             weights = trainable_state(model)  # collective under FSDP: every rank gathers
@@ -212,12 +216,36 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
                 atomic_write_bytes(out_dir / "best" / "weights.safetensors", save_safetensors(weights))
                 atomic_write_json(out_dir / "best" / "best.json", {"step": step, "metrics": metrics})
 
+        # The starting model's outputs, the baseline of the collapse checks: measured before the strategy wraps the
+        # model (FSDP wants its first forward through the root module).
+        start_health = None
+        if health_prompts:
+            with eager(), torch.no_grad(), autocast_ctx(device, settings.bf16):
+                start_health = output_collapse(model, tokenizer, health_prompts, device=device,
+                                               max_length=cfg.data.max_length)
         # No padding mask on CUDA: exact for right-padded batches, and attention takes its fused causal path.
-        loss_module = wrap_for_strategy(TargetTokenLoss(model, causal_no_mask=device.type == "cuda"), model, dist, device)
+        loss_module = wrap_for_strategy(
+            TargetTokenLoss(model, causal_no_mask=device.type == "cuda"), model, dist, device
+        )
         try:
-            res = train_loop(loss_module, model, train_enc, settings, seeds, out_dir, pad_id=tokenizer.pad_token_id,
-                             device=device, dist=dist, validate=validate, primary=PRIMARY[spec.task], on_best=on_best,
-                             log=tracker.log, identity=identity, health=health if health_prompts else None)
+            res = train_loop(
+                loss_module,
+                model,
+                train_enc,
+                settings,
+                seeds,
+                out_dir,
+                pad_id=tokenizer.pad_token_id,
+                device=device,
+                dist=dist,
+                validate=validate,
+                primary=PRIMARY[spec.task],
+                on_best=on_best,
+                log=tracker.log,
+                identity=identity,
+                health=health if health_prompts else None,
+                health_baseline=start_health,
+            )
         except TrainingDiverged as exc:
             if dist.is_main:
                 atomic_write_json(out_dir / "failed.json", {"error": str(exc), **exc.diagnostics}, allow_nan=True)
@@ -234,9 +262,18 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
             load_trainable_state(model, load_file(last))
         if (out_dir / "best" / "weights.safetensors").is_file():
             load_trainable_state(model, load_file(out_dir / "best" / "weights.safetensors"))
-        results = {"run": spec.__dict__, "name": spec.name, "data": data.describe(), "seeds": seeds.as_dict(),
-                   "steps": res.steps, "best_step": res.best_step, "validation_best": res.best_metric,
-                   "primary": PRIMARY[spec.task], "train_examples": len(train_enc), "train_dropped": len(dropped)}
+        results = {
+            "run": spec.__dict__,
+            "name": spec.name,
+            "data": data.describe(),
+            "seeds": seeds.as_dict(),
+            "steps": res.steps,
+            "best_step": res.best_step,
+            "validation_best": res.best_metric,
+            "primary": PRIMARY[spec.task],
+            "train_examples": len(train_enc),
+            "train_dropped": len(dropped),
+        }
         if not spec.hpo and dist.is_main:
             with eager():
                 metrics, records = evaluate(spec.task, model, tokenizer, data["test"], **ev)

@@ -15,13 +15,13 @@ import numpy as np
 
 from lorascope.config import result_hash
 from lorascope.config.schema import StudyConfig
-from lorascope.data.load import load_task
+from lorascope.data.load import task_data
 from lorascope.data.tokenize import encode_train
 from lorascope.data.types import TaskData
 from lorascope.errors import LorascopeError
 from lorascope.io import atomic_write_json
 from lorascope.manifest import is_completed, run_manifest
-from lorascope.models.tokenizer import load_tokenizer
+from lorascope.models.tokenizer import tokenizer_for
 from lorascope.train.evaluate import evaluate
 from lorascope.train.loop import LoopSettings, train_loop
 from lorascope.train.loss import TargetTokenLoss
@@ -64,31 +64,73 @@ def run_sanity(cfg: StudyConfig, task: str, method: str, out_dir: Path, *, data_
         return json.loads((out_dir / "sanity.json").read_text())
     device = device or default_device()
     seeds = run_seeds(cfg.seeds, 0)
-    with run_manifest(out_dir, cfg, command=f"sanity {task} {method}", extra={"lr": lr, "identity": identity}) as manifest:
-        data = load_task(task, cfg.data, seed=cfg.seeds.split, data_dir=data_dir)
-        tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
+    with run_manifest(
+        out_dir, cfg, command=f"sanity {task} {method}", extra={"lr": lr, "identity": identity}
+    ) as manifest:
+        data = task_data(cfg, task, data_dir=data_dir)
+        tokenizer = tokenizer_for(cfg.model)
         examples = pick_examples(data, tokenizer, sc.n_examples, cfg.data.max_length, cfg.seeds.split)
         train_enc, _ = encode_train(tokenizer, examples, cfg.data.max_length)
         model = build_model(cfg, method, seeds.init, device)
         # One batch = all examples, so "epochs" counts steps; max_steps caps them (§6: 300).
-        settings = LoopSettings(lr=lr, weight_decay=0.0, epochs=sc.max_steps, effective_batch=len(train_enc),
-                                micro_batch=_largest_divisor(len(train_enc), cfg.train.micro_batch),
-                                warmup_ratio=0.0, grad_clip=cfg.train.grad_clip, evals_per_epoch=None,
-                                max_steps=sc.max_steps, checkpoint_every=sc.max_steps, bf16=cfg.train.bf16_on_cuda,
-                                stop_loss=sc.loss_threshold)
-        tracker = Tracker(out_dir, cfg.tracking, name=f"sanity-{task}-{method}", config={"lr": lr, "task": task, "method": method})
-        res = train_loop(TargetTokenLoss(model), model, train_enc, settings, seeds, out_dir, pad_id=tokenizer.pad_token_id,
-                         device=device, log=tracker.log, identity=identity)
-        metrics, records = evaluate(task, model, tokenizer, examples, batch_size=cfg.train.eval_batch_size,
-                                    max_length=cfg.data.max_length, max_new_tokens=cfg.data.max_new_tokens, device=device,
-                                    bf16=settings.bf16)
+        settings = LoopSettings(
+            lr=lr,
+            weight_decay=0.0,
+            epochs=sc.max_steps,
+            effective_batch=len(train_enc),
+            micro_batch=_largest_divisor(len(train_enc), cfg.train.micro_batch),
+            warmup_ratio=0.0,
+            grad_clip=cfg.train.grad_clip,
+            evals_per_epoch=None,
+            max_steps=sc.max_steps,
+            checkpoint_every=sc.max_steps,
+            bf16=cfg.train.bf16_on_cuda,
+            stop_loss=sc.loss_threshold,
+        )
+        tracker = Tracker(
+            out_dir, cfg.tracking, name=f"sanity-{task}-{method}", config={"lr": lr, "task": task, "method": method}
+        )
+        res = train_loop(
+            TargetTokenLoss(model),
+            model,
+            train_enc,
+            settings,
+            seeds,
+            out_dir,
+            pad_id=tokenizer.pad_token_id,
+            device=device,
+            log=tracker.log,
+            identity=identity,
+        )
+        metrics, records = evaluate(
+            task,
+            model,
+            tokenizer,
+            examples,
+            batch_size=cfg.train.eval_batch_size,
+            max_length=cfg.data.max_length,
+            max_new_tokens=cfg.data.max_new_tokens,
+            device=device,
+            bf16=settings.bf16,
+        )
         curve = [h["loss"] for h in res.history if "loss" in h]
         final_loss = curve[-1] if curve else None
         passed = metrics[GATE_METRIC[task]] == 100.0
-        verdict = {"task": task, "method": method, "lr": lr, "n_examples": len(examples), "steps": res.steps,
-                   "final_loss": final_loss, "reached_loss_threshold": res.stopped_early,
-                   "metric": GATE_METRIC[task], "score": metrics[GATE_METRIC[task]], "passed": passed,
-                   "loss_curve": curve, "examples": [r["id"] for r in records], "records": records}
+        verdict = {
+            "task": task,
+            "method": method,
+            "lr": lr,
+            "n_examples": len(examples),
+            "steps": res.steps,
+            "final_loss": final_loss,
+            "reached_loss_threshold": res.stopped_early,
+            "metric": GATE_METRIC[task],
+            "score": metrics[GATE_METRIC[task]],
+            "passed": passed,
+            "loss_curve": curve,
+            "examples": [r["id"] for r in records],
+            "records": records,
+        }
         atomic_write_json(out_dir / "sanity.json", verdict)
         tracker.finish()
         manifest["passed"] = passed

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 from lorascope.config.schema import StudyConfig
-from lorascope.data.load import load_task
+from lorascope.data.load import task_data
 from lorascope.io import atomic_write_json, atomic_write_text
 from lorascope.manifest import is_completed, run_manifest
 from lorascope.models.load import load_causal_lm
-from lorascope.models.tokenizer import load_tokenizer
+from lorascope.models.tokenizer import tokenizer_for
 from lorascope.train.evaluate import PRIMARY, evaluate
 from lorascope.train.run import default_device
 
@@ -22,8 +22,8 @@ def run_zero_shot(cfg: StudyConfig, task: str, out_dir: Path, *, data_dir: str |
         return json.loads((out_dir / "results.json").read_text())
     device = device or default_device()
     with run_manifest(out_dir, cfg, command=f"zero-shot {task}"):
-        data = load_task(task, cfg.data, seed=cfg.seeds.split, data_dir=data_dir, apply_subsample=True)
-        tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
+        data = task_data(cfg, task, data_dir=data_dir, subsample=True)
+        tokenizer = tokenizer_for(cfg.model)
         model = load_causal_lm(cfg.model, device)
         metrics, records = evaluate(task, model, tokenizer, data["test"], batch_size=cfg.train.eval_batch_size,
                                     max_length=cfg.data.max_length, max_new_tokens=cfg.data.max_new_tokens,

@@ -10,23 +10,56 @@
   ``from lorascope.weights import figures``, so the package works without a display stack).
 """
 
-from lorascope.weights.dare import (apply_delta_transform, dare, dare_mask, dare_transform, kept_count,
-                                    magnitude_prune, magnitude_transform, resident_deltas)
-from lorascope.weights.delta import (LLAMA_MODULE_TYPES, LoraFactors, ModuleDelta, WeightSource, ft_deltas,
-                                     lora_deltas, lora_factors, lora_scaling, module_order_key, parse_module_name,
-                                     read_adapter, summarize_layers, weights_report, weights_reports)
-from lorascope.weights.intruders import (IntruderResult, intruder_dimensions, left_singular_vectors,
-                                         top_left_singular_vectors)
-from lorascope.weights.metrics import (effective_rank, energy_curve, frobenius_norm, hoyer_sparsity,
-                                       module_report, near_zero_fraction, numerical_rank, rank_at_energy,
-                                       relative_frobenius_norm, singular_values, stable_rank)
+from lorascope.weights.dare import (
+                                    apply_delta_transform,
+                                    dare,
+                                    dare_mask,
+                                    dare_transform,
+                                    kept_count,
+                                    magnitude_prune,
+                                    magnitude_transform,
+                                    resident_deltas,
+)
+from lorascope.weights.delta import (
+                                    LLAMA_MODULE_TYPES,
+                                    LoraFactors,
+                                    ModuleDelta,
+                                    WeightSource,
+                                    ft_deltas,
+                                    lora_deltas,
+                                    lora_factors,
+                                    module_order_key,
+                                    parse_module_name,
+                                    summarize_layers,
+                                    weights_report,
+                                    weights_reports,
+)
+from lorascope.weights.intruders import (
+                                    IntruderResult,
+                                    intruder_dimensions,
+                                    left_singular_vectors,
+                                    top_left_singular_vectors,
+)
+from lorascope.weights.metrics import (
+                                    effective_rank,
+                                    energy_curve,
+                                    frobenius_norm,
+                                    hoyer_sparsity,
+                                    module_report,
+                                    near_zero_fraction,
+                                    numerical_rank,
+                                    rank_at_energy,
+                                    relative_frobenius_norm,
+                                    singular_values,
+                                    stable_rank,
+)
 
 __all__ = [
     "LLAMA_MODULE_TYPES", "IntruderResult", "LoraFactors", "ModuleDelta", "WeightSource",
     "apply_delta_transform", "dare", "dare_mask", "dare_transform", "effective_rank", "energy_curve",
     "frobenius_norm", "ft_deltas", "hoyer_sparsity", "intruder_dimensions", "kept_count",
-    "left_singular_vectors", "lora_deltas", "lora_factors", "lora_scaling", "magnitude_prune", "magnitude_transform",
+    "left_singular_vectors", "lora_deltas", "lora_factors", "magnitude_prune", "magnitude_transform",
     "module_order_key", "module_report", "near_zero_fraction", "numerical_rank", "parse_module_name", "rank_at_energy",
-    "read_adapter", "relative_frobenius_norm", "resident_deltas", "singular_values", "stable_rank", "summarize_layers",
+    "relative_frobenius_norm", "resident_deltas", "singular_values", "stable_rank", "summarize_layers",
     "top_left_singular_vectors", "weights_report", "weights_reports",
 ]

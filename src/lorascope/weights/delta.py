@@ -3,12 +3,9 @@
 - FT: ΔW = W_tuned − W_base for the Linear weights of every decoder block (q, k, v, o, gate, up, down;
   names like ``model.layers.3.self_attn.q_proj``), read from two models, two state dicts, or two HF
   folders / ``.safetensors`` files (opened lazily with ``safe_open``: one tensor in memory at a time).
-- LoRA: ΔW = s·B·A from a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``),
-  s = α/r, or α/√r with ``use_rslora`` (Kalajdzievski 2023), with r and α per module from
-  ``rank_pattern`` / ``alpha_pattern`` as PEFT resolves them (``peft.utils.other.get_pattern_key``);
-  transposed when ``fan_in_fan_out``. This is exactly what ``merge_and_unload()`` adds to W
-  (``peft.tuners.lora.layer.Linear.get_delta_weight``; Hu et al. 2022, "LoRA", eq. 3); the test suite
-  checks it against PEFT. DoRA adapters are refused: their merge also rescales W's columns.
+- LoRA: ΔW = s·B·A from a PEFT adapter folder, read by ``lorascope.results.adapters`` (PEFT's own config
+  loading and pattern rules: exactly what ``merge_and_unload()`` adds to W; the test suite checks it against
+  PEFT).
 
 Both are generators of ``ModuleDelta(name, base, delta)`` (float64 by default), so memory stays at one
 module's matrices even for a 1.3B model. ``lora_factors`` yields LoRA modules as ``LoraFactors(name, base,
@@ -21,7 +18,6 @@ definition). ``benchmarks/weights_gpu.py`` times the first at 1.3B and checks it
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -147,77 +143,29 @@ def ft_deltas(base: Any, tuned: Any, *, module_types: Iterable[str] = LLAMA_MODU
         yield ModuleDelta(name, wb, wt - wb)
 
 
-def _pattern_value(patterns: Mapping[str, Any], name: str, default: Any) -> Any:
-    # PEFT's rule (peft.utils.other.get_pattern_key): a key matches when it ends the module name.
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", name):
-            return value
-    return default
-
-
-def lora_scaling(config: Mapping[str, Any], name: str) -> tuple[int, float, float]:
-    """(r, α, scaling) of module ``name`` under a PEFT LoRA ``adapter_config.json`` dict."""
-    r = int(_pattern_value(config.get("rank_pattern"), name, config["r"]))
-    alpha = float(_pattern_value(config.get("alpha_pattern"), name, config["lora_alpha"]))
-    return r, alpha, (alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r)
-
-
-def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(adapter_config, tensors) of a PEFT adapter folder; clear errors for what this module can't read."""
-    folder = Path(adapter_dir)
-    cfg_path = folder / "adapter_config.json"
-    if not cfg_path.is_file():
-        raise ModelLoadError(f"{folder}: no adapter_config.json — not a PEFT adapter folder")
-    config = json.loads(cfg_path.read_text())
-    if str(config.get("peft_type", "LORA")).upper() != "LORA":
-        raise ModelLoadError(f"{cfg_path}: peft_type {config.get('peft_type')!r} is not LORA")
-    if config.get("use_dora"):
-        raise ModelLoadError(f"{cfg_path}: DoRA adapters are not supported (ΔW is not s·B·A)")
-    if config.get("lora_bias"):
-        raise ModelLoadError(f"{cfg_path}: adapters with lora_bias are not supported (the merge also changes biases)")
-    st, pt = folder / "adapter_model.safetensors", folder / "adapter_model.bin"
-    if st.is_file():
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(st))  # an adapter is small (r·(m+n) per module)
-    elif pt.is_file():
-        tensors = torch.load(str(pt), map_location="cpu", weights_only=True)
-    else:
-        raise ModelLoadError(f"{folder}: no adapter_model.safetensors")
-    return config, tensors
-
-
 def lora_factors(adapter_dir: str | Path, base: Any, *, module_types: Iterable[str] | None = None,
                  dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> Iterator[LoraFactors]:
-    """``LoraFactors`` (W_base, B, A, s) for every LoRA-adapted Linear of the adapter (or those of ``module_types``)."""
-    config, tensors = read_adapter(adapter_dir)
-    pairs: dict[str, tuple[str, str]] = {}
-    for key in tensors:
-        m = _LORA_A_RE.match(key)
-        if m:
-            b_key = key.replace(".lora_A", ".lora_B")
-            if b_key not in tensors:
-                raise ModelLoadError(f"{adapter_dir}: {key} has no matching {b_key}")
-            pairs[m.group("name")] = (key, b_key)
+    """``LoraFactors`` (W_base, B, A, s) for every LoRA-adapted Linear of the adapter (or those of ``module_types``),
+    read by the one adapter reader (``results.adapters``: PEFT's config and pattern rules)."""
+    from lorascope.errors import AdapterError
+    from lorascope.results.adapters import read_adapter
+
+    try:
+        adapter = read_adapter(adapter_dir)
+    except AdapterError as exc:
+        raise ModelLoadError(str(exc)) from None
     wanted = None if module_types is None else set(module_types)
-    names = [n for n in pairs if wanted is None or parse_module_name(n)[1] in wanted]
-    if not names:
+    modules = [m for m in adapter.modules if wanted is None or m.module_type in wanted]
+    if not modules:
         raise ModelLoadError(f"{adapter_dir}: no lora_A/lora_B weights found")
     src = WeightSource(base)
-    for name in sorted(names, key=module_order_key):
-        a = _to(tensors[pairs[name][0]], device, dtype)
-        b = _to(tensors[pairs[name][1]], device, dtype)
-        r, _, scaling = lora_scaling(config, name)
-        if a.shape[0] != r or b.shape[1] != r:
-            raise ModelLoadError(f"{adapter_dir}: {name} has A {tuple(a.shape)}, B {tuple(b.shape)} but r = {r}")
-        if config.get("fan_in_fan_out"):
-            b, a = a.T, b.T                               # (s·B·A)ᵀ = s·Aᵀ·Bᵀ
-        if name + ".weight" not in src:
-            raise ModelLoadError(f"base weights lack {name}.weight (adapter {adapter_dir})")
-        wb = _to(src.get(name + ".weight"), device, dtype)
-        if wb.shape != (b.shape[0], a.shape[1]):
-            raise ModelLoadError(f"{name}: base shape {tuple(wb.shape)} vs ΔW {(b.shape[0], a.shape[1])}")
-        yield LoraFactors(name, wb, b, a, scaling)
+    for m in sorted(modules, key=lambda m: module_order_key(m.name)):
+        if m.name + ".weight" not in src:
+            raise ModelLoadError(f"base weights lack {m.name}.weight (adapter {adapter_dir})")
+        wb = _to(src.get(m.name + ".weight"), device, dtype)
+        if wb.shape != (m.b.shape[0], m.a.shape[1]):
+            raise ModelLoadError(f"{m.name}: base shape {tuple(wb.shape)} vs ΔW {(m.b.shape[0], m.a.shape[1])}")
+        yield LoraFactors(m.name, wb, _to(m.b, device, dtype), _to(m.a, device, dtype), m.scaling)
 
 
 def lora_deltas(adapter_dir: str | Path, base: Any, *, module_types: Iterable[str] | None = None,
@@ -264,18 +212,29 @@ def _module_entry(item: WeightItem, u_base: torch.Tensor | None, s: Mapping[str,
     if isinstance(item, LoraFactors):
         b, a = item.b.to(torch.float64), item.a.to(torch.float64)
         base, delta = item.base.to(torch.float64), item.scaling * (b @ a)
-        sigma, route = (lowrank_singular_values(b, a, item.scaling), "lowrank") if s["path"] == "fast" else (None, "svd")
+        fast = s["path"] == "fast"
+        sigma, route = (lowrank_singular_values(b, a, item.scaling), "lowrank") if fast else (None, "svd")
     else:
         base, delta = item.base.to(torch.float64), item.delta.to(torch.float64)
         sigma, route = gram_or_svd_singular_values(delta) if s["path"] == "fast" else (None, "svd")
     layer, mtype = parse_module_name(item.name)
-    rep = {"name": item.name, "layer": layer, "module_type": mtype,
-           **module_report(base, delta=delta, sigma=sigma, near_zero_factor=s["near_zero_factor"],
-                           energy_threshold=s["energy_threshold"]),
-           "spectrum_route": route}
+    rep = {
+        "name": item.name,
+        "layer": layer,
+        "module_type": mtype,
+        **module_report(
+            base,
+            delta=delta,
+            sigma=sigma,
+            near_zero_factor=s["near_zero_factor"],
+            energy_threshold=s["energy_threshold"],
+        ),
+        "spectrum_route": route,
+    }
     if u_base is not None:
-        res = intruder_dimensions(None, base + delta, k=s["intruder_k"], epsilon=s["epsilon"],
-                                  U_base=u_base, method=s["intruder_method"])
+        res = intruder_dimensions(
+            None, base + delta, k=s["intruder_k"], epsilon=s["epsilon"], U_base=u_base, method=s["intruder_method"]
+        )
         rep["intruders"] = res.count
         rep["intruder_detail"] = res.to_dict()
     return rep
@@ -289,10 +248,19 @@ def _on_device(item: WeightItem, device: str | torch.device | None) -> WeightIte
     return item._replace(base=item.base.to(device), delta=item.delta.to(device))
 
 
-def weights_reports(deltas_by_label: Mapping[str, Iterable[WeightItem]], *, intruder_k: int = 10,
-                    epsilon: float = 0.5, near_zero_factor: float = 1e-3, energy_threshold: float = 0.9,
-                    intruder_method: str = "auto", intruders: bool = True, device: str | torch.device | None = None,
-                    path: str = "fast", progress: Callable[[str, str], None] | None = None) -> dict[str, dict[str, Any]]:
+def weights_reports(
+    deltas_by_label: Mapping[str, Iterable[WeightItem]],
+    *,
+    intruder_k: int = 10,
+    epsilon: float = 0.5,
+    near_zero_factor: float = 1e-3,
+    energy_threshold: float = 0.9,
+    intruder_method: str = "auto",
+    intruders: bool = True,
+    device: str | torch.device | None = None,
+    path: str = "fast",
+    progress: Callable[[str, str], None] | None = None,
+) -> dict[str, dict[str, Any]]:
     """``weights_report`` for several tuned models of ONE base (e.g. FT and LoRA, several seeds), walked in
     lockstep in ``module_order_key`` order so that W_base's singular vectors are computed once per module and
     shared. Items are ``ModuleDelta`` (FT; or LoRA formed) or ``LoraFactors`` (LoRA, exact low-rank spectrum).
@@ -304,9 +272,15 @@ def weights_reports(deltas_by_label: Mapping[str, Iterable[WeightItem]], *, intr
     """
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}: use one of {PATHS}")
-    settings = {"intruder_k": intruder_k, "epsilon": epsilon, "near_zero_factor": near_zero_factor,
-                "energy_threshold": energy_threshold, "intruder_method": intruder_method, "intruders": intruders,
-                "path": path}
+    settings = {
+        "intruder_k": intruder_k,
+        "epsilon": epsilon,
+        "near_zero_factor": near_zero_factor,
+        "energy_threshold": energy_threshold,
+        "intruder_method": intruder_method,
+        "intruders": intruders,
+        "path": path,
+    }
     streams = {label: Prefetched(d, lambda item: _on_device(item, device)) for label, d in deltas_by_label.items()}
     modules: dict[str, list[dict[str, Any]]] = {label: [] for label in streams}
     try:
@@ -331,8 +305,10 @@ def weights_reports(deltas_by_label: Mapping[str, Iterable[WeightItem]], *, intr
     finally:
         for st in streams.values():
             st.close()
-    return {label: {"modules": mods, "layers": summarize_layers(mods), "settings": dict(settings)}
-            for label, mods in modules.items()}
+    return {
+        label: {"modules": mods, "layers": summarize_layers(mods), "settings": dict(settings)}
+        for label, mods in modules.items()
+    }
 
 
 def weights_report(deltas: Iterable[WeightItem], **kwargs: Any) -> dict[str, Any]:

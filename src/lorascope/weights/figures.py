@@ -79,10 +79,14 @@ def singular_spectra(reports: Mapping[str, Report], path: Path | str, *, by: str
             ax.plot(np.arange(1, len(curve) + 1), curve, color=color, linewidth=1.2,
                     label=f"layer {key}" if by == "layer" else str(key))
             longest = max(longest, int(np.sum(~np.isnan(curve))))
-        ax.set_yscale("log")
         ax.set_title(f"{method}")
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2 if len(groups) > 8 else 1)
+        if ax.lines:
+            ax.set_yscale("log")
+            ax.legend(fontsize=7, ncol=2 if len(groups) > 8 else 1)
+        else:  # every ΔW of this model is zero: say so rather than draw empty axes
+            ax.text(0.5, 0.5, "ΔW = 0 in every module:\nno spectrum to draw", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=11, color="#444")
     for ax in axes[0]:
         if longest > 32:  # log x for long spectra; short ones read better on a linear axis
             ax.set_xscale("log")
@@ -107,8 +111,12 @@ def per_layer_metric(reports: Mapping[str, Report], path: Path | str, *, key: st
     ax.set_xlabel("decoder layer")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
-    if logy:
+    values = [r[key] for rep in reports.values() for r in rep["layers"] if r["layer"] is not None]
+    if logy and any(v > 0 for v in values):
         ax.set_yscale("log")
+    if values and not any(v > 0 for v in values):
+        ax.text(0.5, 0.5, "zero in every layer (ΔW = 0)", transform=ax.transAxes, ha="center", va="center",
+                fontsize=11, color="#444")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
@@ -140,7 +148,13 @@ def intruder_counts_per_layer(reports: Mapping[str, Report], path: Path | str, *
     detail = f"top-{k} left singular vectors with max |cos| < {eps} vs W_base" if k is not None else ""
     ax.set_title(f"{title}\n{detail} (Shuttleworth et al. 2024)", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend()
+    total = sum(r.get("intruders", 0) for rep in reports.values() for r in rep["layers"] if r["layer"] is not None)
+    if total == 0:  # an empty chart would look like a rendering fault: say what it shows
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.5, "no intruder dimension in any layer, for any method", transform=ax.transAxes,
+                ha="center", va="center", fontsize=11, color="#444")
+    else:
+        ax.legend()
     return _save(fig, path)
 
 

@@ -1,41 +1,34 @@
-"""The drift stage (§8): how far each final FT / LoRA model's representations moved from the base model.
+"""Drift (§8) of one task's final runs against the base model: the computation behind ``drift.json``.
 
 Per task: the in-task probe set (validation inputs, topped up from test inputs; prompts only) and the
-out-of-task probe set (the other task's inputs in its own prompt format) go through the base model and
-every completed final run, in passes of ``drift.models_per_pass`` tuned models next to the base. Per
-layer (embeddings + every block), pooling and probe set: linear / debiased linear / RBF CKA and raw /
-base-standardized cosine. Per model: drift = mean over layers of (1 − debiased CKA); FT vs LoRA: drift
-reduction 1 − D_LoRA / D_FT. Forgetting proxy: LM loss on the other task's raw text.
+out-of-task probe set (the other task's inputs in its own prompt format) go through the base model and every
+final run, in passes of ``drift.models_per_pass`` tuned models next to the base. Per layer (embeddings + every
+block), pooling and probe set: linear / debiased linear / RBF CKA and raw / base-standardized cosine. Per model:
+drift = mean over layers of (1 − debiased CKA); FT vs LoRA: drift reduction 1 − D_LoRA / D_FT (log-scale
+interval, ``aggregate.ratio_reduction``). Forgetting proxy: LM loss on the other task's raw text.
 
-Outputs in ``<out>/<task>/drift/``: ``drift.json`` (layers, scores, reductions, forgetting, probe
-composition), ``layers.csv``, ``drift.md`` and figures, under a manifest keyed by the runs it read and
-the drift settings (``section_hash``), so a rerun skips it and a new seed or setting redoes it.
+The caller (the study's drift stage) chooses the runs (``results.selection``) and writes the files.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import torch
 
-from lorascope.config import section_hash
 from lorascope.config.schema import StudyConfig
-from lorascope.data.load import load_task
+from lorascope.data.load import task_data
 from lorascope.drift import figures
-from lorascope.drift.aggregate import RANGES, drift_scores, reduction_summary, t_band
+from lorascope.drift.aggregate import drift_scores, reduction_summary
 from lorascope.drift.capture import lm_loss
 from lorascope.drift.compute import base_statistics, layer_drift
 from lorascope.drift.probes import ProbeSet, out_of_task_texts, probe_set
-from lorascope.io import atomic_write_json, atomic_write_text
-from lorascope.manifest import is_completed, run_manifest
 from lorascope.models.load import load_causal_lm
 from lorascope.models.merge import load_tuned
-from lorascope.models.tokenizer import load_tokenizer
-from lorascope.study.selection import final_runs
-from lorascope.train.run import default_device
+from lorascope.models.tokenizer import tokenizer_for
+from lorascope.results import layout
 
 OTHER_TASK = {"mrpc": "squad_v2", "squad_v2": "mrpc"}
 CSV_FIELDS = ("run", "method", "replicate", "probe", "pooling", "layer", "n", "linear_cka", "linear_cka_debiased",
@@ -44,8 +37,8 @@ CSV_FIELDS = ("run", "method", "replicate", "probe", "pooling", "layer", "n", "l
 
 def _probes(cfg: StudyConfig, task: str, data_dir) -> tuple[dict[str, ProbeSet], list[str], dict]:
     """In-task and out-of-task probe sets, and the forgetting proxy's out-of-task texts."""
-    mine = load_task(task, cfg.data, seed=cfg.seeds.split, data_dir=data_dir)
-    other = load_task(OTHER_TASK[task], cfg.data, seed=cfg.seeds.split, data_dir=data_dir)
+    mine = task_data(cfg, task, data_dir=data_dir)
+    other = task_data(cfg, OTHER_TASK[task], data_dir=data_dir)
     n = cfg.data.probe_size
     probes = {"in_task": probe_set(mine, n, cfg.seeds.probe), "out_of_task": probe_set(other, n, cfg.seeds.probe)}
     texts = out_of_task_texts(other, cfg.drift.forgetting_texts, cfg.seeds.probe)
@@ -69,7 +62,7 @@ def _layer_rows(result: dict, runs: dict[str, dict], probe: str) -> list[dict]:
 def measure(cfg: StudyConfig, task: str, runs: list[dict], *, device, data_dir=None, progress=None) -> dict:
     """Everything the stage records, without writing files (the stage writes; tests call this too)."""
     step = progress or (lambda msg: None)
-    tok = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.eos_token)
+    tok = tokenizer_for(cfg.model)
     probes, texts, described = _probes(cfg, task, data_dir)
     bf16 = cfg.drift.bf16_on_cuda
     base = load_causal_lm(cfg.model, device).eval()
@@ -85,7 +78,8 @@ def measure(cfg: StudyConfig, task: str, runs: list[dict], *, device, data_dir=N
     for start in range(0, len(runs), k):
         chunk = runs[start : start + k]
         step(f"{task}: drift of {', '.join(r['name'] for r in chunk)}")
-        tuned = {r["name"]: load_tuned(cfg.model, r["path"], r["method"], device).eval() for r in chunk}
+        tuned = {r["name"]: load_tuned(cfg.model, layout.saved_model_dir(r["path"], r["method"]), r["method"],
+                                       device).eval() for r in chunk}
         for name, model in tuned.items():
             forgetting.append({"run": name, "method": by_name[name]["method"], "replicate": by_name[name]["replicate"],
                                **lm_loss(model, tok, texts, **lm)})
@@ -123,56 +117,3 @@ def write_figures(result: dict, folder: Path, cfg: StudyConfig) -> list[Path]:
                                     title=f"{task} models: forgetting proxy on {other['n']} {other['task']} "
                                           f"{other['kind']}"))
     return paths
-
-
-def _fmt_band(b: dict | None, pct: bool = False) -> str:
-    if not b:
-        return "—"
-    f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.4f}")
-    clipped = f"; clipped at the {' and '.join(b['clipped'])} end" if b.get("clipped") else ""
-    return f(b["mean"]) + ("" if b["lo"] is None else f" [{f(b['lo'])}, {f(b['hi'])}]") + f" (n={b['n']}{clipped})"
-
-
-def drift_markdown(results: dict[str, dict]) -> str:
-    lines = ["## Drift (§8)", "", "Drift = mean over layers of (1 − debiased linear CKA) against the base model; "
-             "reduction = 1 − D_LoRA / D_FT (per replicate pair: 1 − geometric-mean ratio, 95% t-interval of the mean "
-             "log ratio mapped back).", "",
-             "| task | probes | pooling | drift FT | drift LoRA | reduction (paired) | reduction of means |",
-             "|---|---|---|---|---|---|---|"]
-    for task, r in results.items():
-        for row in r["reduction"]:
-            rom = row.get("reduction_of_means")
-            lines.append(f"| {task} | {row['probe']} | {row['pooling']} | {_fmt_band(row.get('drift_ft'))} | "
-                         f"{_fmt_band(row.get('drift_lora'))} | {_fmt_band(row.get('paired'), pct=True)} | "
-                         f"{'—' if rom is None else f'{100 * rom:.1f}%'} |")
-    lines += ["", "Forgetting proxy — LM loss on the other task's raw text (nats/token; lower = less forgetting):", "",
-              "| task | base | FT | LoRA |", "|---|---|---|---|"]
-    for task, r in results.items():
-        by: dict = {}
-        for f in r["forgetting"]:
-            by.setdefault(f["method"], []).append(f["lm_loss"])
-        cells = [_fmt_band(t_band(by[m], bounds=RANGES["lm_loss"])) if m in by else "—" for m in ("base", "ft", "lora")]
-        lines.append(f"| {task} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def run_drift_stage(cfg: StudyConfig, out_dir: Path, task: str, *, data_dir=None, device=None,
-                    progress=None) -> dict | None:
-    """Drift for every completed final run of ``task``; None when there is no run yet."""
-    out_dir = Path(out_dir)
-    runs = final_runs(out_dir, task, cfg.seeds.replicates)
-    if not runs:
-        return None
-    folder = out_dir / task / "drift"
-    identity = f"drift:{section_hash(cfg, 'drift', 'stats')}:" + ",".join(r["name"] for r in runs)
-    if is_completed(folder, identity=identity) and (folder / "drift.json").is_file():
-        return json.loads((folder / "drift.json").read_text())
-    device = torch.device(device) if device is not None else default_device()
-    with run_manifest(folder, cfg, command=f"drift {task}", seeds={"probe": cfg.seeds.probe},
-                      extra={"identity": identity, "runs": [r["name"] for r in runs]}):
-        result = measure(cfg, task, runs, device=device, data_dir=data_dir, progress=progress)
-        write_figures(result, folder, cfg)
-        atomic_write_text(folder / "layers.csv", layers_csv(result["layers"]))
-        atomic_write_text(folder / "drift.md", drift_markdown({task: result}))
-        atomic_write_json(folder / "drift.json", result)
-    return result

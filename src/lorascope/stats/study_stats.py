@@ -1,7 +1,7 @@
-"""The stats stage (STUDY.md §11, §12): read a results folder, compute every statistic and the verdict,
-write ``<out>/stats/stats.json`` (all numbers, self-describing) and ``stats.md`` under a manifest.
+"""Every statistic of a results folder (STUDY.md §11) and the verdict (§12): ``compute_stats`` returns the
+self-describing document that the study's stats stage writes as ``<out>/stats/stats.json``.
 
-A stage that did not run makes its part "missing" (the verdict names it); it never crashes the stage.
+A stage that did not run makes its part "missing" (the verdict names it); it never crashes the computation.
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ from typing import Any
 import numpy as np
 
 from lorascope.config.schema import StudyConfig
-from lorascope.io import atomic_write_json, atomic_write_text
-from lorascope.manifest import run_manifest
+from lorascope.results import layout
 from lorascope.stats.collect import load_drift, load_serve, load_training
 from lorascope.stats.drift_summary import drift_summary
-from lorascope.stats.markdown import render
 from lorascope.stats.multitest import apply_holm
 from lorascope.stats.per_example import BOOTSTRAP_P_DEFINITION
 from lorascope.stats.seeds import REFERENCE, descriptive, example_tests, pairs, power_note, seed_tests
@@ -72,7 +70,7 @@ def _baselines(out_dir: Path, task: str) -> dict | None:
     import json
 
     try:
-        return json.loads((out_dir / task / "baselines.json").read_text())
+        return json.loads(layout.data_file(out_dir, task, "baselines").read_text())
     except (OSError, ValueError):
         return None
 
@@ -107,27 +105,22 @@ def _decide(task: dict, alpha: float) -> None:
     task["verdict"] = verdict(*task.pop("criteria"), gate=gate)
 
 
-def run_stats_stage(cfg: StudyConfig, out_dir: str | Path) -> dict:
-    """Compute §11 statistics and the §12 verdict for the results folder ``out_dir``; returns stats.json's dict."""
+def compute_stats(cfg: StudyConfig, out_dir: str | Path) -> dict:
+    """§11 statistics and the §12 verdict for the results folder ``out_dir`` (stats.json's content)."""
     out_dir = Path(out_dir)
-    stats_dir = out_dir / "stats"
-    with run_manifest(stats_dir, cfg, command="stats") as manifest:
-        serve_rows, serve_why = load_serve(out_dir)
-        serve = serve_summary(serve_rows, serve_why, cfg.stats, seed=cfg.seeds.bootstrap,
-                              batch_sizes=list(cfg.serve.batch_sizes))
-        tasks = {task: task_stats(cfg, out_dir, task, serve) for task in cfg.data.tasks}
-        apply_holm([t for task in tasks.values() for t in task["tests"]])
-        for task in tasks.values():
-            _decide(task, cfg.stats.validity_alpha)
-        verdicts = {task: t["verdict"]["state"] for task, t in tasks.items()}
-        notes: list[str] = []
-        doc = finite_or_none({
-            "schema": SCHEMA, "results_dir": str(out_dir), "config": cfg.stats.model_dump(mode="json"),
-            "seeds": {"bootstrap": cfg.seeds.bootstrap}, "definitions": DEFINITIONS,
-            "tasks": tasks, "serve": serve, "verdicts": verdicts,
-            "overall": study_verdict(list(verdicts.values()))}, notes)
-        doc["notes"] = notes
-        atomic_write_json(stats_dir / "stats.json", doc)
-        atomic_write_text(stats_dir / "stats.md", render(doc, cfg.output.note))
-        manifest["outputs"] = ["stats.json", "stats.md"]
+    serve_rows, serve_why = load_serve(out_dir)
+    serve = serve_summary(serve_rows, serve_why, cfg.stats, seed=cfg.seeds.bootstrap,
+                          batch_sizes=list(cfg.serve.batch_sizes))
+    tasks = {task: task_stats(cfg, out_dir, task, serve) for task in cfg.data.tasks}
+    apply_holm([t for task in tasks.values() for t in task["tests"]])
+    for task in tasks.values():
+        _decide(task, cfg.stats.validity_alpha)
+    verdicts = {task: t["verdict"]["state"] for task, t in tasks.items()}
+    notes: list[str] = []
+    doc = finite_or_none({
+        "schema": SCHEMA, "results_dir": str(out_dir), "config": cfg.stats.model_dump(mode="json"),
+        "seeds": {"bootstrap": cfg.seeds.bootstrap}, "definitions": DEFINITIONS,
+        "tasks": tasks, "serve": serve, "verdicts": verdicts,
+        "overall": study_verdict(list(verdicts.values()))}, notes)
+    doc["notes"] = notes
     return doc
