@@ -71,8 +71,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "src"))
 
-import ray_study_record as rec
-import synthetic_tasks as synth
+import ray_study_record as rec  # noqa: E402  (after the sys.path set-up above)
+import synthetic_tasks as synth  # noqa: E402
 
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 os.environ.update(SAFE_ENV)  # before anything starts: every Ray process inherits it
@@ -175,12 +175,10 @@ def preflight(args) -> dict:
     info["gpus"] = [torch.cuda.get_device_name(i) for i in range(info["cuda_devices"])]
     log(f"python {info['python']} torch {torch.__version__} cuda devices {info['cuda_devices']} {info['gpus']}")
     log("env: " + " ".join(f"{k}={os.environ.get(k)}" for k in (*SAFE_ENV, "CUDA_VISIBLE_DEVICES", "PYTHONPATH")))
-    from lorascope.study.jobs import stage_available
+    from lorascope.study.stages import STAGES
 
-    info["stages"] = {k: stage_available(k) for k in ("drift", "serve", "stats", "report")}
-    log(f"optional stages importable: {info['stages']}")
-    if not all(info["stages"].values()):
-        log("WARNING: some analysis stages are not importable; the DAG will leave them out")
+    info["stages"] = [s.name for s in STAGES]
+    log(f"stages: {', '.join(info['stages'])}")
     if not args.tiny and info["cuda_devices"] < (1 if args.share_gpu else 2):
         raise RuntimeError(f"need 2 GPUs, torch sees {info['cuda_devices']} (use --tiny for a CPU rehearsal)")
     return info

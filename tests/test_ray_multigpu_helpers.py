@@ -154,7 +154,8 @@ def _store(study: Path, runs: list[Path], jobs: list[str]) -> None:
         for j in jobs:
             tx.execute("INSERT INTO jobs (key, name, kind, status) VALUES (?, ?, 'train', 'completed')", (j, j))
         for r in runs:
-            tx.execute("INSERT INTO runs (name, job_key, method, hpo, path) VALUES (?, 'k', 'ft', 0, ?)", (r.name, str(r)))
+            tx.execute("INSERT INTO runs (name, job_key, method, hpo, path) VALUES (?, 'k', 'ft', 0, ?)",
+                       (r.name, str(r)))
             for ex in ("a", "b"):
                 tx.execute("INSERT INTO predictions (run, example_id, job_key) VALUES (?, ?, 'k')", (r.name, ex))
 
