@@ -73,6 +73,33 @@ def test_subsample_is_seeded_and_recorded(data_dir):
     assert a.composition["full_sizes"]["train"] == 3668 and any("subsampled" in n for n in a.notes)
 
 
+def test_per_task_caps_replace_the_shared_ones_split_by_split(data_dir):
+    shared = {"train": 50, "validation": 8, "test": 20}
+    cfg = DataConfig(source="mirror", data_dir=str(data_dir), subsample=shared,
+                     subsample_by_task={"mrpc": {"train": 30, "test": None}, "squad_v2": {"train": 5}})
+    assert cfg.subsample_caps("mrpc") == {"train": 30, "validation": 8, "test": None}
+    assert cfg.subsample_caps("squad_v2") == {"train": 5, "validation": 8, "test": 20}
+    a = load_task("mrpc", cfg, seed=0, apply_subsample=True)
+    assert a.sizes() == {"train": 30, "validation": 8, "test": 1725}  # a null per-task cap: that split whole
+    assert a.composition["subsample_caps"] == {"train": 30, "validation": 8}
+    # The same draw as the equivalent shared caps: a task's sample depends only on the caps that apply to it.
+    b = load_task("mrpc", DataConfig(source="mirror", data_dir=str(data_dir), subsample={"train": 30, "validation": 8}),
+                  seed=0, apply_subsample=True)
+    assert [e.id for e in a["train"]] == [e.id for e in b["train"]]
+    assert [e.id for e in a["validation"]] == [e.id for e in b["validation"]]
+
+
+def test_plan_sizes_use_the_per_task_caps(data_dir, model_dir):
+    from lorascope.config.schema import StudyConfig
+    from lorascope.study.plan import CostModel
+
+    data = {"source": "mirror", "data_dir": str(data_dir), "subsample": {"train": 50, "test": 20},
+            "subsample_by_task": {"mrpc": {"test": None}}}
+    cost = CostModel(StudyConfig.model_validate({"model": {"name_or_path": str(model_dir)}, "data": data}))
+    assert (cost.size("mrpc", "train"), cost.size("mrpc", "test")) == (50, 1725)
+    assert (cost.size("squad_v2", "train"), cost.size("squad_v2", "test")) == (50, 20)
+
+
 def test_hub_converters_on_local_datasets(mrpc_data, squad_data, data_dir):
     """The hub path, fed with local ``datasets.Dataset`` objects shaped like the hub's."""
     datasets = pytest.importorskip("datasets")

@@ -16,7 +16,8 @@ from lorascope.config.schema import StudyConfig
 # dotted key → the STUDY.md section that fixes it
 PROTOCOL_KEYS: dict[str, str] = {
     "model.name_or_path": "§2", "model.eos_token": "§4",
-    "data.max_length": "§4", "data.max_new_tokens": "§4", "data.subsample": "§3", "data.probe_size": "§3, §8",
+    "data.max_length": "§4", "data.max_new_tokens": "§4", "data.subsample": "§3", "data.subsample_by_task": "§3",
+    "data.probe_size": "§3, §8",
     "seeds.replicates": "§5",
     "ft.lr_grid": "§5", "ft.weight_decay": "§5",
     "lora.r": "§5", "lora.alpha": "§5", "lora.dropout": "§5", "lora.preset": "§5", "lora.lr_grid": "§5",

@@ -67,8 +67,16 @@ class DataConfig(_Strict):
     # Optional per-split caps (None = all). The demo uses them to fit 2 CPU cores; each cap is a
     # seeded sample, recorded in every output.
     subsample: dict[Literal["train", "validation", "test"], PositiveInt | None] = {}
+    # Per-task caps that replace ``subsample``'s for that task, split by split (a null here = that split whole).
+    # The demo gives MRPC its full dev and test sets (what the validity gate needs) and keeps SQuAD small.
+    subsample_by_task: dict[Literal["mrpc", "squad_v2"],
+                            dict[Literal["train", "validation", "test"], PositiveInt | None]] = {}
     probe_size: int = Field(1000, ge=1)
     stats_samples: int = Field(3, ge=0)
+
+    def subsample_caps(self, task: str) -> dict[str, int | None]:
+        """The caps that apply to ``task``: ``subsample``, overridden split by split by ``subsample_by_task``."""
+        return {**self.subsample, **self.subsample_by_task.get(task, {})}
 
     @field_validator("tasks")
     @classmethod

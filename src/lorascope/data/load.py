@@ -90,7 +90,7 @@ def load_task(
         source = "hub" if hub_reachable() else "mirror"
     loader = _load_from_hub if source == "hub" else _load_from_mirror
     data = loader(task, cfg, seed, folder)
-    return subsample(data, cfg.subsample, seed) if apply_subsample else data
+    return subsample(data, cfg.subsample_caps(task), seed) if apply_subsample else data
 
 
 def task_data(cfg, task: str, *, data_dir: str | Path | None = None, subsample: bool = False) -> TaskData:

@@ -54,6 +54,8 @@ def setup(results: dict) -> Section:
             ["tasks", fmt.plain(data.get("tasks"))],
             ["max length (tokens)", fmt.plain(data.get("max_length"))],
             ["subsample per split", fmt.plain(data.get("subsample") or "none (full splits)")],
+            *([["subsample per task (replaces the above)", fmt.plain(data["subsample_by_task"])]]
+              if data.get("subsample_by_task") else []),
             ["methods", fmt.plain(train.get("methods"))],
             ["LoRA", f"r = {lora.get('r')}, α = {lora.get('alpha')}, dropout {lora.get('dropout')}, "
                      f"preset {lora.get('preset')}"],

@@ -82,7 +82,7 @@ class CostModel:
 
     def size(self, task: str, split: str) -> int:
         full = self.a.split_sizes[task][split]
-        cap = self.cfg.data.subsample.get(split)
+        cap = self.cfg.data.subsample_caps(task).get(split)
         return min(full, cap) if cap else full
 
     def eval_hours(self, task: str, n: int) -> float:
