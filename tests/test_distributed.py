@@ -44,6 +44,7 @@ def _args(data_dir, model_dir, method, extra=()):
         f"data.data_dir={data_dir}",
         f"model.name_or_path={model_dir}",
         "data.subsample={train: 48, validation: 12, test: 12}",
+        "data.subsample_by_task={}",  # not the demo's MRPC sizes
         "train.effective_batch=8",
         "train.micro_batch=4",
         f"train.max_steps={STEPS}",
