@@ -154,7 +154,8 @@ def test_config_show_prints_hash(overrides: list[str]) -> None:
 def test_run_writes_results_folder(tmp_path: Path, overrides: list[str]) -> None:
     out = tmp_path / "x"
     tiny = ["train.methods=[ft]", "seeds.replicates=[0]", "ft.lr_grid=[1.0e-3]", "train.max_steps=2",
-            "data.subsample={train: 48, validation: 8, test: 8}", "data.subsample_by_task={}",  # not the demo MRPC sizes
+            "data.subsample={train: 48, validation: 8, test: 8}",
+            "data.subsample_by_task={}",  # not the demo's MRPC sizes
             "data.probe_size=12", "drift.forgetting_texts=8",
             "stats.bootstrap_resamples=200", "serve.requests=2", "serve.warmup=0", "serve.batch_sizes=[1]",
             "serve.scenarios=[base,merged]", "serve.new_tokens=4"]

@@ -8,14 +8,16 @@ from typer.testing import CliRunner
 from lorascope.cli.main import app
 from tests.conftest import REPO
 
-SMALL = ["data.subsample={train: 32, validation: 8, test: 8}", "train.effective_batch=8", "train.micro_batch=8",
+SMALL = ["data.subsample={train: 32, validation: 8, test: 8}", "data.subsample_by_task={}", "train.effective_batch=8",
+         "train.micro_batch=8",
          "train.max_steps=2", "train.evals_per_epoch=1", "data.tasks=[mrpc]"]
 
 
 def test_sweep_export_and_agent_entry_point(tmp_path, data_dir, model_dir, monkeypatch):
     cfg = tmp_path / "cfg.yaml"
     tree = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    tree["data"].update(data_dir=str(data_dir), subsample={"train": 32, "validation": 8, "test": 8})
+    tree["data"].update(data_dir=str(data_dir), subsample={"train": 32, "validation": 8, "test": 8},
+                        subsample_by_task={})
     tree["model"]["name_or_path"] = str(model_dir)
     tree["train"].update(effective_batch=8, micro_batch=8, max_steps=2)
     tree["output"] = {"root": str(tmp_path / "out")}

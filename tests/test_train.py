@@ -20,7 +20,8 @@ from lorascope.train.loop import TrainingDiverged
 from lorascope.train.run import RunSpec, run_training
 from tests.conftest import REPO, assert_close_to_scale
 
-SMALL = ["data.subsample={train: 40, validation: 12, test: 12}", "train.effective_batch=8", "train.micro_batch=4",
+SMALL = ["data.subsample_by_task={}", "data.subsample={train: 40, validation: 12, test: 12}", "train.effective_batch=8",
+         "train.micro_batch=4",
          "train.max_steps=4", "train.evals_per_epoch=2", "train.eval_batch_size=12", "data.tasks=[mrpc]"]
 
 

@@ -36,21 +36,25 @@ def newline_token_id(tokenizer) -> int:
     return tokenizer("\n", add_special_tokens=False)["input_ids"][-1]
 
 
-def _pad_right(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
 def verbalizer_ids(tokenizer, prompt_text: str) -> dict[int, list[int]]:
     """Token ids of each verbalizer as it follows this prompt (joint tokenization, EOS excluded)."""
     return {
         label: split_prompt_target(tokenizer, prompt_text, text)[1][:-1] for label, text in MRPC_VERBALIZERS.items()
     }
+
+
+def _packed(p_ids: list[int], verbs: list[list[int]]) -> tuple[list[int], list[int], list[list[bool]]]:
+    """One row that scores every verbalizer after one copy of the prompt: prompt, then each verbalizer's tokens,
+    each branch seeing the prompt and its own earlier tokens only, at the positions it would have alone. So the
+    prompt — nearly all the tokens — goes through the model once instead of once per label."""
+    ids, pos, branch = list(p_ids), list(range(len(p_ids))), [-1] * len(p_ids)
+    for b, v in enumerate(verbs):
+        ids += v
+        pos += list(range(len(p_ids), len(p_ids) + len(v)))
+        branch += [b] * len(v)
+    n = len(ids)
+    allow = [[j <= i and (branch[j] == -1 or branch[j] == branch[i]) for j in range(n)] for i in range(n)]
+    return ids, pos, allow
 
 
 @torch.no_grad()
@@ -64,31 +68,49 @@ def score_mrpc(
     device: torch.device,
     bf16: bool = True,
 ) -> list[dict]:
-    """argmax over labels of the summed log-prob of the verbalizer tokens; one forward pass per batch."""
+    """argmax over labels of the summed log-prob of the verbalizer tokens; one forward pass per batch, each row
+    the prompt once with both verbalizers as branches (``_packed``: a 4-D attention mask and explicit positions,
+    equal to scoring prompt + verbalizer separately — tested)."""
     lm = unwrap_causal_lm(model)
     records = []
+    labels = (1, 0)
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
-        seqs, spans, meta = [], [], []
+        rows, meta = [], []
         for ex in batch:
             verb = verbalizer_ids(tokenizer, prompt(ex))
+            # each branch alone (prompt + its verbalizer) stays within max_length, as when scored separately
             budget = max_length - max(len(v) for v in verb.values())
             p_ids, truncated = encode_eval_prompt(tokenizer, ex, budget)
             meta.append(truncated)
-            for label in (1, 0):
-                seqs.append(p_ids + verb[label])
-                spans.append((len(p_ids), len(verb[label])))
-        ids, mask = _pad_right(seqs, tokenizer.pad_token_id, device)
+            rows.append((p_ids, [verb[label] for label in labels]))
+        packed = [_packed(p, vs) for p, vs in rows]
+        width = max(len(ids) for ids, _, _ in packed)
+        ids = torch.full((len(packed), width), tokenizer.pad_token_id, dtype=torch.long)
+        pos = torch.zeros((len(packed), width), dtype=torch.long)
+        allow = torch.zeros((len(packed), 1, width, width), dtype=torch.bool)
+        for r, (row_ids, row_pos, row_allow) in enumerate(packed):
+            n = len(row_ids)
+            ids[r, :n] = torch.tensor(row_ids)
+            pos[r, :n] = torch.tensor(row_pos)
+            allow[r, 0, :n, :n] = torch.tensor(row_allow)
+            allow[r, 0, n:, 0] = True  # padding rows attend somewhere (an empty softmax row is NaN); never read
+        # the additive mask in the dtype the attention scores have (bf16 under CUDA autocast, else the weights')
+        dtype = torch.bfloat16 if device.type == "cuda" and bf16 else next(lm.parameters()).dtype
+        mask = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
+        ids, pos, mask = ids.to(device), pos.to(device), mask.to(device)
         with autocast_ctx(device, bf16):
-            logits = lm(input_ids=ids, attention_mask=mask).logits
-        logp = F.log_softmax(logits.float(), dim=-1)
-        scores = []
-        for row, (p_len, v_len) in enumerate(spans):
-            pos = torch.arange(p_len - 1, p_len - 1 + v_len, device=device)
-            tgt = ids[row, p_len : p_len + v_len]
-            scores.append(float(logp[row, pos, tgt].double().sum()))
-        for i, ex in enumerate(batch):
-            lp_yes, lp_no = scores[2 * i], scores[2 * i + 1]
+            logits = lm(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        for r, (ex, (p_ids, verbs)) in enumerate(zip(batch, rows)):
+            scores, offset = [], len(p_ids)
+            for v in verbs:
+                # token k of a branch is predicted at the prompt's last position (k = 0) or at its own token k − 1;
+                # only those few rows of logits are normalised, in float64 (cheap, and no float32 rounding)
+                src = torch.tensor([len(p_ids) - 1] + [offset + k - 1 for k in range(1, len(v))], device=device)
+                logp = F.log_softmax(logits[r, src].double(), dim=-1)
+                scores.append(float(logp[torch.arange(len(v), device=device), torch.tensor(v, device=device)].sum()))
+                offset += len(v)
+            lp_yes, lp_no = scores
             pred = 1 if lp_yes > lp_no else 0  # ties → "no" (deterministic)
             records.append(
                 {
@@ -98,7 +120,7 @@ def score_mrpc(
                     "correct": int(pred == ex.label),
                     "logprob_yes": lp_yes,
                     "logprob_no": lp_no,
-                    "truncated": meta[i],
+                    "truncated": meta[r],
                 }
             )
     return records

@@ -1,0 +1,53 @@
+"""MRPC scoring packs the prompt once with both verbalizers as masked branches (train/evaluate._packed); it must
+equal scoring prompt + verbalizer as separate, unpadded sequences — the textbook formulation, computed here."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lorascope.data.mrpc import read_mrpc_tsv
+from lorascope.data.prompts import prompt
+from lorascope.data.tokenize import encode_eval_prompt
+from lorascope.train.evaluate import _packed, score_mrpc, verbalizer_ids
+
+
+def _separate_scores(model, tokenizer, examples, max_length: int) -> list[tuple[float, float]]:
+    out = []
+    for ex in examples:
+        verb = verbalizer_ids(tokenizer, prompt(ex))
+        p_ids, _ = encode_eval_prompt(tokenizer, ex, max_length - max(len(v) for v in verb.values()))
+        pair = []
+        for label in (1, 0):
+            ids = torch.tensor([p_ids + verb[label]])
+            logp = F.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+            pair.append(sum(float(logp[len(p_ids) - 1 + k, t]) for k, t in enumerate(verb[label])))
+        out.append(tuple(pair))
+    return out
+
+
+def test_packed_rows_mask_each_branch_from_the_other():
+    ids, pos, allow = _packed([10, 11, 12], [[20, 21], [30]])
+    assert ids == [10, 11, 12, 20, 21, 30]
+    assert pos == [0, 1, 2, 3, 4, 3]  # the second branch starts where the first did
+    assert allow[4] == [True, True, True, True, True, False]
+    assert allow[5] == [True, True, True, False, False, True]  # "no" never sees "yes"
+    assert allow[1] == [True, True, False, False, False, False]  # the prompt stays causal
+
+
+def test_packed_scores_equal_separate_sequences(data_dir, model_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    # float64 weights so that the two formulations differ only by summation order (~1e-15 relative), a bound
+    # that holds on any CPU; a masking or position bug moves log-probs by O(0.1) or more
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float64).eval()
+    examples = read_mrpc_tsv(data_dir / "mrpc" / "dev.tsv")[:9]
+    max_length = 190  # short enough that some prompts are truncated, so rows in a batch differ in length
+    with torch.no_grad():
+        want = _separate_scores(model, tokenizer, examples, max_length)
+    got = score_mrpc(model, tokenizer, examples, batch_size=4, max_length=max_length, device=torch.device("cpu"))
+    assert any(r["truncated"] for r in got) and not all(r["truncated"] for r in got)
+    for rec, (yes, no), ex in zip(got, want, examples):
+        assert abs(rec["logprob_yes"] - yes) <= 1e-9 * max(1.0, abs(yes)), ex.id
+        assert abs(rec["logprob_no"] - no) <= 1e-9 * max(1.0, abs(no)), ex.id
+        assert rec["pred"] == (1 if yes > no else 0)
