@@ -73,6 +73,15 @@ def test_subsample_is_seeded_and_recorded(data_dir):
     assert a.composition["full_sizes"]["train"] == 3668 and any("subsampled" in n for n in a.notes)
 
 
+def test_a_splits_draw_does_not_depend_on_another_splits_cap(data_dir):
+    def draw(train_cap):
+        cfg = DataConfig(source="mirror", data_dir=str(data_dir), subsample={"train": train_cap, "test": 20})
+        return load_task("mrpc", cfg, seed=0, apply_subsample=True)
+
+    a, b = draw(50), draw(400)
+    assert [e.id for e in a["test"]] == [e.id for e in b["test"]]
+
+
 def test_per_task_caps_replace_the_shared_ones_split_by_split(data_dir):
     shared = {"train": 50, "validation": 8, "test": 20}
     cfg = DataConfig(source="mirror", data_dir=str(data_dir), subsample=shared,
