@@ -3,6 +3,8 @@
 Model, batches and FLOP count as benchmarks/train_throughput.py (Sheared-LLaMA-1.3B shape, random weights,
 16 × 512; tgt = loss on 72 target tokens, lm = loss on every token; MFU against the 989.4 TFLOP/s datasheet).
 Every variant keeps the study's numerics: fp32 master weights + bf16 autocast (docs/fused_lora.md).
+Bundle (benchmarks/gpu_site.sh, docs/gpu.md): NEEDED — lorascope.train.loss imports the config package
+(pydantic), which the GPU image lacks.
 
 Parts (``--only``, default all; each part is guarded: a failure is reported and the rest still runs):
   kernels  masks (Triton vs philox.py, bit for bit); each group's ops vs the PyTorch reference at layer shapes

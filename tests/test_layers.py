@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "lorascope"
-BASE = {"errors", "io", "config", "manifest", "lorascope"}  # the foundation every package may use
+BASE = {"errors", "io", "config", "manifest", "logs", "lorascope"}  # the foundation every package may use
 ALLOWED = {
     "errors": set(), "io": {"errors"}, "config": {"errors"}, "manifest": {"config", "io", "lorascope"},
     "results": {"manifest"},
