@@ -95,6 +95,15 @@ def test_golden_report(results: Path):
     assert "](../mrpc/drift/figures/similarity_mean.png)" in md
 
 
+def test_sanity_text_states_the_settings_the_study_ran_with(results: Path):
+    manifest = json.loads((results / "manifest.json").read_text())
+    manifest["config"]["sanity"] = {"n_examples": 4, "max_steps": 150, "loss_threshold": 0.0005}
+    (results / "manifest.json").write_text(json.dumps(manifest))
+    md = (write_report(results).parent / "report.md").read_text(encoding="utf-8")
+    assert "trains on 4 training examples until the loss on targets ≤ 0.0005 or 150 steps" in md
+    assert "all 4 right" in md
+
+
 def test_report_is_deterministic(results: Path):
     first = write_report(results).read_bytes()
     md = (results / "report" / "report.md").read_bytes()

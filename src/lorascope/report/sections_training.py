@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lorascope.report import fmt
 from lorascope.report.blocks import Callout, Heading, Section, Table, Text
-from lorascope.report.common import method_name, needs
+from lorascope.report.common import method_name, needs, study_config
 
 MRPC_COLS = (("accuracy", "expected_accuracy", "Acc"), ("f1", "f1_at_expected_counts", "F1"),
              ("mcc", "mcc_at_expected_counts", "MCC"))
@@ -15,8 +15,16 @@ COUNTS = {"n", "total", "truncated", "HasAns_total", "NoAns_total"}
 
 def sanity(results: dict) -> Section:
     s = Section("sanity", "Sanity gate (STUDY.md §6)")
-    s.blocks.append(Text("Each (task, method) trains on 10 training examples until the loss on targets ≤ 0.05 or "
-                         "300 steps, and must then get all 10 right; a failure stops the study."))
+    sc = study_config(results).get("sanity") or {}
+    n, loss, steps = sc.get("n_examples"), sc.get("loss_threshold"), sc.get("max_steps")
+    if None in (n, loss, steps):
+        s.blocks.append(Text("Each (task, method) trains on a few training examples until its loss on targets is "
+                             "low, and must then get all of them right; a failure stops the study (the settings "
+                             "were not recorded)."))
+    else:
+        s.blocks.append(Text(f"Each (task, method) trains on {n} training examples until the loss on targets ≤ "
+                             f"{loss:g} or {steps} steps, and must then get all {n} right; a failure "
+                             "stops the study."))
     rows, failed = [], []
     for task, t in results["tasks"].items():
         if not needs(s, results, ("sanity",), task):
