@@ -588,7 +588,7 @@ def plan_predictions(cfg, dag) -> dict[str, float]:
     try:
         from lorascope.study.plan import estimate
 
-        return {j["name"]: j["gpu_hours"] * 3600 for j in estimate(cfg, dag)["jobs"]}
+        return {j["name"]: j["seconds"] for j in estimate(cfg, dag)["jobs"]}
     except Exception as exc:  # noqa: BLE001 — a comparison, never a reason to stop
         log(f"lorascope plan estimate unavailable: {type(exc).__name__}: {exc}")
         return {}

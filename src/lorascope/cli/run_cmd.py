@@ -68,20 +68,37 @@ class StudyProgress:
         self.bar.update(self.task, completed=finished, description=head + tail)
 
 
+def duration(seconds: float) -> str:
+    """Seconds in the unit a reader wants: s below 90 s, minutes below 90 min, else hours."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def _plan_tables(est: dict, dag) -> list[Table]:
-    stages = Table(title="Stages", show_lines=False)
-    for col in ("stage", "jobs", "roles", "GPU-hours (est.)"):
-        stages.add_column(col, justify="right" if col in ("jobs", "GPU-hours (est.)") else "left")
+    stages = Table(title="Stages (one H200 per GPU job)", show_lines=False)
+    for col in ("stage", "jobs", "roles", "per job", "GPU-hours (est.)"):
+        stages.add_column(col, justify="left" if col in ("stage", "roles") else "right")
     for kind, s in est["stages"].items():
-        stages.add_row(kind, str(s["jobs"]), ", ".join(s["roles"]), f"{s['gpu_hours']:.3g}")
-    stages.add_row("[bold]total[/]", str(len(est["jobs"])), "", f"[bold]{est['total_gpu_hours']:.3g}[/]")
+        per = [j["seconds"] for j in est["jobs"] if j["kind"] == kind]
+        span = duration(min(per)) + ("" if duration(min(per)) == duration(max(per)) else f"–{duration(max(per))}")
+        hours = f"{s['gpu_hours']:.3g}" if s["gpus"] else "0 (CPU)"
+        stages.add_row(kind, str(s["jobs"]), ", ".join(s["roles"]), span, hours)
+    stages.add_row("[bold]total[/]", str(len(est["jobs"])), "", "", f"[bold]{est['total_gpu_hours']:.3g}[/]")
+    gpus = Table(title=f"The whole study on 1, 2 and 3 GPUs (critical path {duration(est['critical_path_s'])})")
+    for col in ("GPUs", "wall clock", "GPU-hours held", "GPU-hours busy", "utilisation"):
+        gpus.add_column(col, justify="right")
+    for g in est["gpu_counts"]:
+        gpus.add_row(str(g["gpus"]), duration(g["wall_s"]), f"{g['gpu_hours_held']:.3g}", f"{g['gpu_hours_busy']:.3g}",
+                     f"{g['utilisation']:.0%}")
     jobs = Table(title="Jobs (topological order)")
-    for col in ("job", "role", "GPUs", "depends on", "key"):
-        jobs.add_column(col, no_wrap=col in ("job", "key"))
+    for col in ("job", "role", "GPUs", "est.", "depends on", "key"):
+        jobs.add_column(col, no_wrap=col in ("job", "key"), justify="right" if col == "est." else "left")
     for j in est["jobs"]:
         deps = j["deps"] if len(j["deps"]) <= 2 else [j["deps"][0], f"+{len(j['deps']) - 1} more"]
-        jobs.add_row(j["name"], j["role"], f"{j['num_gpus']:g}", ", ".join(deps) or "—", dag[j["name"]].key[:10])
-    return [stages, jobs]
+        jobs.add_row(j["name"], j["role"], f"{j['num_gpus']:g}", duration(j["seconds"]), ", ".join(deps) or "—",
+                     dag[j["name"]].key[:10])
+    return [stages, gpus, jobs]
 
 
 def register(app: typer.Typer) -> None:
@@ -128,7 +145,8 @@ def register(app: typer.Typer) -> None:
     def plan(config: Path = typer.Argument(..., help="Study YAML."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
              overrides: Optional[list[str]] = overrides_arg):
-        """The study's jobs per stage, their dependencies and roles, and an estimated GPU-hour budget."""
+        """The study's jobs per stage, their roles and dependencies, the estimated time of each, and the GPU-hours
+        and wall clock of the whole study on 1, 2 and 3 GPUs (cost model: lorascope/study/plan_assumptions.py)."""
         from lorascope.study.jobs import build_study_dag
         from lorascope.study.plan import estimate
 
@@ -141,6 +159,6 @@ def register(app: typer.Typer) -> None:
         out = Console()
         for table in _plan_tables(est, dag):
             out.print(table)
-        out.print("[bold]Cost model assumptions[/] (lorascope/study/plan.py):")
+        out.print("[bold]Cost model assumptions[/] (lorascope/study/plan_assumptions.py):")
         for line in est["assumptions"]:
             out.print(f"  - {line}", highlight=False)

@@ -55,7 +55,7 @@ class Stage:
     outputs: Callable[[dict], list[str]] = field(default=lambda p: [])
     ingest: Callable[..., None] | None = None
     report: tuple[str, ...] = ()
-    cost: Callable[[Any, dict], float] | None = None  # (plan.CostModel, params) → GPU-hours
+    cost: Callable[[Any, dict], dict] | None = None  # (plan.CostModel, params) → wall seconds by part
     include: Callable[[StudyConfig], bool] = field(default=lambda cfg: True)
 
     def role_of(self, params: dict) -> str:

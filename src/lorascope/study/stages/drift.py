@@ -41,4 +41,4 @@ STAGE = Stage(
     fan_out=lambda cfg: [{"task": t} for t in cfg.data.tasks], job_name=lambda p: f"drift-{p['task']}", run=run,
     after=(After("train", ("task",)),), role="vm3", gpus=1,
     outputs=lambda p: [f"{p['task']}/drift/{f}" for f in ("drift.json", "layers.csv", "figures/")], ingest=ingest,
-    report=("drift",), cost=lambda model, p: model.drift_hours(p["task"]))
+    report=("drift",), cost=lambda model, p: model.drift(p["task"]))

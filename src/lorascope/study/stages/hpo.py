@@ -29,4 +29,4 @@ STAGE = Stage(
     job_name=lambda p: f"hpo-{p['task']}-{p['method']}", run=run,
     after=(After("data", ("task",)), After("sanity")), role="vm2", gpus=1,
     outputs=lambda p: [f"{p['task']}/hpo/{p['method']}/hpo.json"], ingest=ingest, report=("hpo",),
-    cost=lambda model, p: model.hpo_hours(p["task"], p["method"]))
+    cost=lambda model, p: model.hpo(p["task"], p["method"]))

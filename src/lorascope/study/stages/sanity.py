@@ -23,8 +23,8 @@ def run(ctx: JobContext, task: str, method: str) -> dict:
     return {k: v[k] for k in ("passed", "score", "metric", "steps", "final_loss", "lr")}
 
 
-def cost(model, p: dict) -> float:
-    return model.sanity_hours(p["task"], p["method"])
+def cost(model, p: dict) -> dict:
+    return model.sanity(p["task"], p["method"])
 
 
 STAGE = Stage(

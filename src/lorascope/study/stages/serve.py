@@ -28,4 +28,4 @@ STAGE = Stage(
     fan_out=lambda cfg: [{}], job_name=lambda p: "serve", run=run, after=(After("train"),), role="vm3", gpus=1,
     outputs=lambda p: [f"serve/{f}" for f in ("serve.json", "requests.csv", "figures/")], ingest=ingest,
     report=("deployment",), include=lambda cfg: "lora" in cfg.train.methods,
-    cost=lambda model, p: model.serve_hours())
+    cost=lambda model, p: model.serve())

@@ -38,4 +38,4 @@ STAGE = Stage(
     after=(After("hpo", ("task", "method")),), role=method_role, gpus=1,
     outputs=lambda p: [f"{p['task']}/runs/<run>/{f}" for f in (layout.RESULTS, layout.PREDICTIONS)],
     ingest=ingest, report=("results", "significance"),
-    cost=lambda model, p: model.train_hours(p["task"], p["method"], test=True))
+    cost=lambda model, p: model.train_run(p["task"], p["method"]))

@@ -50,4 +50,4 @@ STAGE = Stage(
     run=run, after=(After("train", ("task",), _lowest_ft_or_lora),), role="vm3", gpus=1,
     outputs=lambda p: [f"{p['task']}/weights/weights.json", f"{p['task']}/weights/figures/"], ingest=ingest,
     report=("weights",), include=lambda cfg: bool(set(cfg.train.methods) & set(LABELS)),
-    cost=lambda model, p: model.weights_hours(p["task"]))
+    cost=lambda model, p: model.weights(p["task"]))
