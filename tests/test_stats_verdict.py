@@ -177,6 +177,17 @@ def test_c_needs_measurements_and_enough_requests():
     assert criterion_c({"native": over}, batch_sizes=[1, 4])["state"] == INCONCLUSIVE  # at most inconclusive
 
 
+def test_c_reason_names_each_backend_once_and_groups_identical_reasons():
+    few = {b: {"ci": (0.0, 0.1), "n": 8} for b in (1, 4)}
+    res = criterion_c({"hf-peft": few, "native": few}, batch_sizes=[1, 4])
+    assert res["state"] == INCONCLUSIVE and res["backend"] == ["hf-peft", "native"]
+    assert res["reason"].startswith("hf-peft, native: under-powered: 8 timed requests")
+    assert res["reason"].count("under-powered") == 1
+    straddle = {1: {"ci": (0.0, 0.1), "n": 30}, 4: {"ci": (0.2, 0.4), "n": 30}}
+    res = criterion_c({"hf-peft": few, "native": straddle}, batch_sizes=[1, 4])
+    assert res["reason"].startswith("hf-peft: under-powered") and "; native: CI contains 30%" in res["reason"]
+
+
 def test_c_flags_unmerged_faster_than_merged():
     """Unmerged does strictly more work: a CI entirely below 0 (the demo's −44% [−64%, −12%]) is a problem."""
     cells = {1: {"ci": (-0.64, -0.12), "n": 30}, 4: {"ci": (0.0, 0.1), "n": 30}}

@@ -203,7 +203,10 @@ def criterion_c(overheads: dict[str, dict[int, Any]] | None, *, batch_sizes: Seq
         return {**c, "backends": per_backend, "backend": [], "threshold": threshold, "batch_sizes": list(batch_sizes)}
     state = kleene_or(*(v["state"] for v in measured.values()))
     deciding = [b for b, v in measured.items() if v["state"] == state]
-    reason = f"{state} for backend(s) {', '.join(deciding)}: " + "; ".join(per_backend[b]["reason"] for b in deciding)
+    by_reason: dict[str, list[str]] = {}  # backends with the same reason share one clause
+    for name in deciding:
+        by_reason.setdefault(per_backend[name]["reason"], []).append(name)
+    reason = "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items())
     return {"criterion": "C", "stage": "serve", "state": state, "backends": per_backend, "backend": deciding,
             "threshold": threshold, "batch_sizes": list(batch_sizes), "reason": reason}
 
