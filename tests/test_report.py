@@ -238,3 +238,11 @@ def test_cli(results: Path, tmp_path: Path):
     assert res.exit_code == 2 and "stats.json" in res.output
     res = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "results folder not found" in res.output
+
+
+def test_departure_values_read_as_words():
+    from lorascope.report.sections_verdict import _value
+
+    assert _value({"mrpc": {"train": 2048, "validation": None, "test": None}}) == (
+        "mrpc train 2048, validation whole, test whole")
+    assert _value({}) == "full splits" and _value(None) == "default"

@@ -124,33 +124,8 @@ def reproducibility(results: dict) -> Section:
         s.blocks.append(Table(["started", "finished", "status", "jobs run", "skipped", "failed / cancelled", "host",
                                "config changes vs the previous invocation"], rows,
                               "Invocations of lorascope on this folder (the results come from those that ran jobs)."))
-    stage_rows = []
-    for t in results["tasks"].values():
-        for rel, m in t["manifests"]:
-            stage_rows.append(
-                [
-                    rel,
-                    str(m.get("command")),
-                    str(m.get("status")),
-                    fmt.plain(m.get("started")),
-                    fmt.plain(m.get("finished")),
-                    fmt.plain(m.get("config_hash")),
-                    _short((m.get("git") or {}).get("commit"))
-                    + (" dirty" if (m.get("git") or {}).get("dirty") else ""),
-                ]
-            )
-    for rel, m in results["global_manifests"]:
-        stage_rows.append(
-            [
-                rel,
-                str(m.get("command")),
-                str(m.get("status")),
-                fmt.plain(m.get("started")),
-                fmt.plain(m.get("finished")),
-                fmt.plain(m.get("config_hash")),
-                _short((m.get("git") or {}).get("commit")),
-            ]
-        )
+    manifests = [rm for t in results["tasks"].values() for rm in t["manifests"]] + list(results["global_manifests"])
+    stage_rows = [_manifest_row(rel, m) for rel, m in manifests]
     mismatches = provenance_mismatches(results)
     if mismatches:
         s.blocks.append(Callout("missing", "Provenance differs between stages", mismatches))
@@ -191,7 +166,17 @@ def _value(x) -> str:
         return "full splits"
     if x is None:
         return "default"
+    if isinstance(x, dict):  # per-task subsample caps: a null cap is that split whole
+        x = {k: ({s: "whole" if c is None else c for s, c in v.items()} if isinstance(v, dict) else v)
+             for k, v in x.items()}
     return fmt.plain(x)
+
+
+def _manifest_row(rel: str, m: dict) -> list[str]:
+    git = m.get("git") or {}
+    return [rel, str(m.get("command")), str(m.get("status")), fmt.plain(m.get("started")),
+            fmt.plain(m.get("finished")), fmt.plain(m.get("config_hash")),
+            _short(git.get("commit")) + (" dirty" if git.get("dirty") else "")]
 
 
 def limitations(results: dict) -> Section:
