@@ -37,10 +37,10 @@ class StudyProgress:
 
         if self.lines and event == "started":
             self.started[job.name] = time.time()
-            self._line(f"start  {job.name} ({job.role})")
+            self._line(f"{'started':<10}{job.name} ({job.role})")
         elif self.lines and event in ("completed", "failed", "cancelled"):
             took = time.time() - self.started.get(job.name, time.time())
-            self._line(f"{event:<9}{job.name}" + (f" in {took:.1f} s" if event != "cancelled" else ""))
+            self._line(f"{event:<10}{job.name}" + (f" in {took:.1f} s" if event != "cancelled" else ""))
         if event == "started":
             self.running.append(job.name)
         else:
