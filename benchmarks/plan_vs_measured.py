@@ -1,4 +1,6 @@
 """``lorascope plan`` against a measured study run, stage by stage (issue 15.4). CPU only, no GPU, a few seconds.
+Bundle (benchmarks/gpu_site.sh, docs/gpu.md): NEEDED if run on the GPU image (lorascope.config needs pydantic);
+it is meant for this machine's .venv, where everything is installed.
 
     python benchmarks/plan_vs_measured.py /work/.device/4/per_job_times.json [--json OUT.json]
 

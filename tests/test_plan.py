@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from lorascope.config import load_config
 from lorascope.study.dag import Dag
