@@ -141,8 +141,11 @@ def main() -> int:
           + (f"; not in the DAG (ignored): {', '.join(unknown)}" if unknown else ""))
     a = run_assumptions(cfg, rows, Assumptions())
     model = CostModel(cfg, a, SHEARED_1P3B)
-    print(f"Run data taken from the file: tokens per example {a.tokens_per_example}; split sizes = subsample caps "
-          f"{ {t: s for t, s in a.split_sizes.items() if t in cfg.data.tasks} }; model shape {SHEARED_1P3B.source} "
+    per_example = ", ".join(f"{t} {n:.1f}" for t, n in a.tokens_per_example.items() if t in cfg.data.tasks)
+    sizes = "; ".join(f"{t} " + ", ".join(f"{split} {n:,}" for split, n in s.items())
+                      for t, s in a.split_sizes.items() if t in cfg.data.tasks)
+    print(f"Run data taken from the file: tokens per example {per_example}; split sizes = subsample caps "
+          f"({sizes}); model shape {SHEARED_1P3B.source} "
           f"({model.n / 1e6:,.1f} M parameters, {cfg.model.dtype}); train.compile={cfg.train.compile}.")
     predicted = predicted_seconds(rows, dag, model)
     table = stage_table(rows, predicted, dag)

@@ -25,6 +25,7 @@ Parts = dict[str, float]  # a job's seconds by part ("steps", "evaluation", ...)
 OTHER_TASK = {"mrpc": "squad_v2", "squad_v2": "mrpc"}  # drift's out-of-task probes (drift/analysis.py)
 HEALTH_PROMPTS = 8  # train/collapse.py PROBE_PROMPTS: one forward before training and before each validation
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+MRPC_SECOND_VERBALIZER_TOKENS = 1  # " yes" / " no": one token each with Llama-2's tokenizer (train/evaluate.py)
 DARE_POINTS, MAGNITUDE_POINTS = 3, 3  # weights/analysis.py DROP_FRACTIONS, KEEP_FRACTIONS (+ the unpruned score)
 
 
@@ -122,8 +123,8 @@ class CostModel:
         """One evaluation of ``n`` examples: MRPC scores both verbalizers in one forward per batch; SQuAD prefills,
         then decodes ``max_new_tokens`` (train/evaluate.py)."""
         batches, prompt = math.ceil(n / self.cfg.train.eval_batch_size), self.tokens(task)
-        if task == "mrpc":
-            return self.forwards_s(batches, 2 * n * prompt, weights)
+        if task == "mrpc":  # one packed row per pair: the prompt once, then both verbalizers (tokens() has one)
+            return self.forwards_s(batches, n * (prompt + MRPC_SECOND_VERBALIZER_TOKENS), weights)
         new = self.cfg.data.max_new_tokens
         return self.forwards_s(batches * (1 + new), n * (prompt + new), weights)
 
@@ -133,7 +134,8 @@ class CostModel:
     def write_bytes(self, method: str, checkpoints: int, saves: int) -> float:
         """FT: a checkpoint is the weights and AdamW's two moments (the model's dtype), a save the weights; LoRA's
         adapter and its moments are a few MB."""
-        params = self.n if method == "ft" else self.shape.lora_params(self.cfg.lora.r, self.cfg.lora.preset)
+        preset = "lora_qv" if method == "lora_qv" else self.cfg.lora.preset  # models/lora.py: the ablation is q,v
+        params = self.n if method == "ft" else self.shape.lora_params(self.cfg.lora.r, preset)
         return params * self.weight_bytes * (3 * checkpoints + saves)
 
     def _run(self, task: str, method: str, *, steps: float, batch: int, compile_: bool) -> Parts:

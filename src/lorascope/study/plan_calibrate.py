@@ -22,6 +22,7 @@ A constant whose rows are missing keeps its given value; ``calibrate`` says whic
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import replace
 
@@ -59,6 +60,11 @@ def _rest(model: CostModel, dag: Dag, row: dict, *leave_out: str) -> float:
     return row["seconds"] - sum(v for k, v in parts.items() if k not in leave_out)
 
 
+def _fit_ok(x: float) -> bool:
+    """A fitted time or rate must be positive and finite; else the coded value stays (and ``used`` says so)."""
+    return math.isfinite(x) and x > 0
+
+
 def calibrate(rows: list[dict], cfg: StudyConfig, dag: Dag, a: Assumptions | None = None,
               shape: ModelShape | None = None, cold: set[str] | None = None) -> tuple[Assumptions, dict[str, str]]:
     """``a`` (default: the coded assumptions) with the fixed costs fitted to ``rows``; and, per fitted constant,
@@ -79,7 +85,7 @@ def calibrate(rows: list[dict], cfg: StudyConfig, dag: Dag, a: Assumptions | Non
     for method in ("ft", "lora"):
         runs = of("train", lambda r, m=method: dag[r["job"]].params["method"] == m and r.get("training"))
         if runs:
-            rate = a.train_tokens_per_s[method]
+            rate = a.train_tokens_per_s[method] * model().rate_scale  # rates are per the reference model size
             overhead[method] = statistics.median(
                 (r["training"]["step_seconds"] - r["training"]["tokens"] / rate) / r["training"]["steps"] for r in runs)
             used[f"step_overhead_s[{method}]"] = f"{len(runs)} warm final runs"
@@ -88,8 +94,11 @@ def calibrate(rows: list[dict], cfg: StudyConfig, dag: Dag, a: Assumptions | Non
     if zs := of("zero_shot"):
         m = model()
         load = statistics.median(_rest(m, dag, r, "load") for r in zs)
-        a = replace(a, model_load_gb_per_s=m.n * m.weight_bytes / 1e9 / load)
-        used["model_load_gb_per_s"] = f"{len(zs)} warm zero-shot jobs"
+        if _fit_ok(load):
+            a = replace(a, model_load_gb_per_s=m.n * m.weight_bytes / 1e9 / load)
+            used["model_load_gb_per_s"] = f"{len(zs)} warm zero-shot jobs"
+        else:
+            used["model_load_gb_per_s"] = f"coded value kept: the zero-shot jobs leave {load:.2f} s for the load"
     ft = of("train", lambda r: dag[r["job"]].params["method"] == "ft")
     lora = of("train", lambda r: dag[r["job"]].params["method"] != "ft")
     if ft and lora:
@@ -100,10 +109,13 @@ def calibrate(rows: list[dict], cfg: StudyConfig, dag: Dag, a: Assumptions | Non
             return statistics.mean(gb), statistics.mean(_rest(m, dag, r, "fixed", "writes") for r in group)
 
         (gb_ft, rest_ft), (gb_lora, rest_lora) = means(ft), means(lora)
-        seconds_per_gb = (rest_ft - rest_lora) / (gb_ft - gb_lora)
-        a = replace(a, state_write_gb_per_s=1 / seconds_per_gb, run_fixed_s=rest_lora - gb_lora * seconds_per_gb)
-        used["run_fixed_s"] = f"{len(lora)} warm LoRA final runs"
-        used["state_write_gb_per_s"] = f"{len(ft)} warm FT final runs"
+        seconds_per_gb = (rest_ft - rest_lora) / (gb_ft - gb_lora) if gb_ft > gb_lora else float("nan")
+        if _fit_ok(seconds_per_gb) and _fit_ok(rest_lora - gb_lora * seconds_per_gb):
+            a = replace(a, state_write_gb_per_s=1 / seconds_per_gb, run_fixed_s=rest_lora - gb_lora * seconds_per_gb)
+            used["run_fixed_s"] = f"{len(lora)} warm LoRA final runs"
+            used["state_write_gb_per_s"] = f"{len(ft)} warm FT final runs"
+        else:  # FT wrote no more than LoRA, or noise made the difference negative: no usable fit
+            used["state_write_gb_per_s"] = "coded value kept: FT and LoRA final runs give no positive write time"
     if hpo := of("hpo"):
         a = replace(a, hpo_fixed_s=statistics.mean(_rest(model(), dag, r, "search fixed") for r in hpo))
         used["hpo_fixed_s"] = f"{len(hpo)} warm HPO jobs"
