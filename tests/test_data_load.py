@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lorascope.config.schema import DataConfig
@@ -80,6 +81,10 @@ def test_a_splits_draw_does_not_depend_on_another_splits_cap(data_dir):
 
     a, b = draw(50), draw(400)
     assert [e.id for e in a["test"]] == [e.id for e in b["test"]]
+    # train keeps the stream all splits once shared, so training sets recorded before the change draw the same
+    full = load_task("mrpc", DataConfig(source="mirror", data_dir=str(data_dir)), seed=0)
+    keep = np.sort(np.random.default_rng([0, 7]).choice(len(full["train"]), size=50, replace=False))
+    assert [e.id for e in a["train"]] == [full["train"][i].id for i in keep]
 
 
 def test_per_task_caps_replace_the_shared_ones_split_by_split(data_dir):

@@ -3,6 +3,7 @@ equal scoring prompt + verbalizer as separate, unpadded sequences — the textbo
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -35,19 +36,35 @@ def test_packed_rows_mask_each_branch_from_the_other():
     assert allow[1] == [True, True, False, False, False, False]  # the prompt stays causal
 
 
-def test_packed_scores_equal_separate_sequences(data_dir, model_dir, tokenizer):
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_scores_equal_separate_sequences(data_dir, model_dir, tokenizer, attn):
     from transformers import AutoModelForCausalLM
 
     # float64 weights so that the two formulations differ only by summation order (~1e-15 relative), a bound
     # that holds on any CPU; a masking or position bug moves log-probs by O(0.1) or more
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float64).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float64, attn_implementation=attn).eval()
     examples = read_mrpc_tsv(data_dir / "mrpc" / "dev.tsv")[:9]
     max_length = 190  # short enough that some prompts are truncated, so rows in a batch differ in length
     with torch.no_grad():
         want = _separate_scores(model, tokenizer, examples, max_length)
     got = score_mrpc(model, tokenizer, examples, batch_size=4, max_length=max_length, device=torch.device("cpu"))
     assert any(r["truncated"] for r in got) and not all(r["truncated"] for r in got)
+    # sdpa keeps float64 throughout: the formulations differ by summation order only (measured ~1e-15 relative).
+    # eager normalises attention in float32 whatever the weights' dtype (transformers' eager_attention_forward), and
+    # float32 sums over rows of different widths round differently: measured 1.6e-9 relative; 1e-6 is ~8 float32
+    # ulps of headroom on any CPU and still 1e5 times below what a mask or position bug does.
+    rtol = 1e-9 if attn == "sdpa" else 1e-6
     for rec, (yes, no), ex in zip(got, want, examples):
-        assert abs(rec["logprob_yes"] - yes) <= 1e-9 * max(1.0, abs(yes)), ex.id
-        assert abs(rec["logprob_no"] - no) <= 1e-9 * max(1.0, abs(no)), ex.id
+        assert abs(rec["logprob_yes"] - yes) <= rtol * max(1.0, abs(yes)), ex.id
+        assert abs(rec["logprob_no"] - no) <= rtol * max(1.0, abs(no)), ex.id
         assert rec["pred"] == (1 if yes > no else 0)
+
+
+def test_a_sliding_window_model_is_refused_not_silently_unwindowed(data_dir, model_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    model.config.sliding_window = 64
+    examples = read_mrpc_tsv(data_dir / "mrpc" / "dev.tsv")[:1]
+    with pytest.raises(ValueError, match="sliding window of 64"):
+        score_mrpc(model, tokenizer, examples, batch_size=1, max_length=190, device=torch.device("cpu"))

@@ -66,13 +66,13 @@ def subsample(data: TaskData, caps: dict, seed: int) -> TaskData:
     if not any(caps.get(s) for s in SPLITS):
         return data
     splits, full = {}, data.sizes()
-    for i, name in enumerate(SPLITS):
+    for stream, name in enumerate(SPLITS):
         exs, cap = data.splits[name], caps.get(name)
         if cap is not None and cap < len(exs):
             # one stream per split (and apart from the split seed's other uses): changing the train cap must not
             # change which validation or test examples are drawn. Train (drawn first) keeps the stream all splits
             # used to share, so training sets recorded before the split streams were separated draw the same.
-            rng = np.random.default_rng([seed, 7] if i == 0 else [seed, 7, i])
+            rng = np.random.default_rng([seed, 7] if stream == 0 else [seed, 7, stream])
             keep = np.sort(rng.choice(len(exs), size=cap, replace=False))
             exs = [exs[i] for i in keep]
         splits[name] = exs

@@ -72,6 +72,12 @@ def score_mrpc(
     the prompt once with both verbalizers as branches (``_packed``: a 4-D attention mask and explicit positions,
     equal to scoring prompt + verbalizer separately — tested)."""
     lm = unwrap_causal_lm(model)
+    # A custom 4-D mask replaces the model's own masking, sliding windows included (transformers passes it through
+    # as given); rows longer than a window would then see too far back. Llama has no window; refuse otherwise.
+    window = getattr(lm.config, "sliding_window", None)
+    if window is not None and window < max_length:
+        raise ValueError(f"MRPC scoring packs rows of up to {max_length} tokens with its own attention mask, but the "
+                         f"model uses a sliding window of {window}: lower data.max_length to ≤ {window}")
     records = []
     labels = (1, 0)
     for start in range(0, len(examples), batch_size):
@@ -100,7 +106,7 @@ def score_mrpc(
         mask = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
         ids, pos, mask = ids.to(device), pos.to(device), mask.to(device)
         with autocast_ctx(device, bf16):
-            logits = lm(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+            logits = lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
         for r, (ex, (p_ids, verbs)) in enumerate(zip(batch, rows)):
             scores, offset = [], len(p_ids)
             for v in verbs:
