@@ -47,7 +47,7 @@ from lorascope.serve.correctness import Reference  # noqa: E402
 from lorascope.serve.gate import gate_cell  # noqa: E402
 from lorascope.serve.hf_peft import HFPeftBackend  # noqa: E402
 from lorascope.serve.native import NativeBackend  # noqa: E402
-from serve_gpu_report import profile_step, render  # noqa: E402
+from serve_gpu_report import environment, profile_step, render  # noqa: E402
 
 SCENARIOS = ["base", "merged", "unmerged-1", "multi-2", "multi-4", "multi-8"]
 BATCHES = [1, 2, 4, 8, 16]
@@ -310,7 +310,7 @@ def main() -> None:
     log(f"fp32 reference: {len(pairs)} (prompt, adapter) greedy outputs")
     model_bf = copy.deepcopy(model).to(dtype)
     results = {"cells": [], "config": vars(args) | {"out": str(args.out)}, "device": device,
-               "kernel_check": checks}
+               "environment": environment(), "kernel_check": checks}
     run_native(args, model, model_bf, loras, reference, prompts, gate_prompts, device, dtype, results)
     if "hf-peft" in args.backends:
         run_hf(args, model_bf, dirs, reference, prompts, gate_prompts, device, dtype, results)

@@ -104,16 +104,22 @@ def overhead(cell: dict, ref: dict, key: str = "e2e_s", q: float = 95, resamples
 
 
 # ----- rendering --------------------------------------------------------------------------------------------------
-def _versions(results: dict) -> str:
+def environment() -> str:
+    """Hardware and versions of the machine that measures (stored in the results, so a re-render elsewhere keeps
+    them)."""
     import peft
     import transformers
     import triton
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return (f"{gpu}, CUDA {torch.version.cuda}, torch {torch.__version__}, triton {triton.__version__}, "
-            f"transformers {transformers.__version__}, peft {peft.__version__}; bf16; prompts "
-            f"{results['config']['prompt_len']} tokens, {results['config']['new_tokens']} new tokens (EOS ignored); "
-            f"script {results.get('total_s', 0):.0f} s")
+            f"transformers {transformers.__version__}, peft {peft.__version__}")
+
+
+def _versions(results: dict) -> str:
+    env = results.get("environment") or "environment not recorded (results from before it was stored)"
+    return (f"{env}; bf16; prompts {results['config']['prompt_len']} tokens, {results['config']['new_tokens']} new "
+            f"tokens (EOS ignored); script {results.get('total_s', 0):.0f} s")
 
 
 def _gate_text(cell: dict) -> str:
