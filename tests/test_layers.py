@@ -14,7 +14,7 @@ ALLOWED = {
     "results": {"manifest"},
     "data": set(), "metrics": {"data"}, "models": set(),
     "baselines": {"data", "metrics"},
-    "train": {"data", "metrics", "models"},
+    "train": {"data", "metrics", "models", "results"},  # results.layout: the run folder it writes
     "drift": {"data", "models", "results", "train"},
     "weights": {"data", "models", "results", "train"},
     "serve": {"data", "models", "results"},

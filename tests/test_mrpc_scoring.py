@@ -31,9 +31,9 @@ def test_packed_rows_mask_each_branch_from_the_other():
     ids, pos, allow = _packed([10, 11, 12], [[20, 21], [30]])
     assert ids == [10, 11, 12, 20, 21, 30]
     assert pos == [0, 1, 2, 3, 4, 3]  # the second branch starts where the first did
-    assert allow[4] == [True, True, True, True, True, False]
-    assert allow[5] == [True, True, True, False, False, True]  # "no" never sees "yes"
-    assert allow[1] == [True, True, False, False, False, False]  # the prompt stays causal
+    assert allow[4].tolist() == [True, True, True, True, True, False]
+    assert allow[5].tolist() == [True, True, True, False, False, True]  # "no" never sees "yes"
+    assert allow[1].tolist() == [True, True, False, False, False, False]  # the prompt stays causal
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -43,18 +43,20 @@ def verbalizer_ids(tokenizer, prompt_text: str) -> dict[int, list[int]]:
     }
 
 
-def _packed(p_ids: list[int], verbs: list[list[int]]) -> tuple[list[int], list[int], list[list[bool]]]:
+def _packed(p_ids: list[int], verbs: list[list[int]]) -> tuple[list[int], list[int], torch.Tensor]:
     """One row that scores every verbalizer after one copy of the prompt: prompt, then each verbalizer's tokens,
     each branch seeing the prompt and its own earlier tokens only, at the positions it would have alone. So the
-    prompt — nearly all the tokens — goes through the model once instead of once per label."""
+    prompt — nearly all the tokens — goes through the model once instead of once per label.
+
+    Returns (ids, positions, allow): ``allow[i, j]`` (n × n, bool) = token i may attend to token j."""
     ids, pos, branch = list(p_ids), list(range(len(p_ids))), [-1] * len(p_ids)
     for b, v in enumerate(verbs):
         ids += v
         pos += list(range(len(p_ids), len(p_ids) + len(v)))
         branch += [b] * len(v)
-    n = len(ids)
-    allow = [[j <= i and (branch[j] == -1 or branch[j] == branch[i]) for j in range(n)] for i in range(n)]
-    return ids, pos, allow
+    br = torch.tensor(branch)
+    causal = torch.ones(len(ids), len(ids), dtype=torch.bool).tril_()
+    return ids, pos, causal & ((br[None, :] == -1) | (br[None, :] == br[:, None]))
 
 
 @torch.no_grad()
@@ -99,7 +101,7 @@ def score_mrpc(
             n = len(row_ids)
             ids[r, :n] = torch.tensor(row_ids)
             pos[r, :n] = torch.tensor(row_pos)
-            allow[r, 0, :n, :n] = torch.tensor(row_allow)
+            allow[r, 0, :n, :n] = row_allow
             allow[r, 0, n:, 0] = True  # padding rows attend somewhere (an empty softmax row is NaN); never read
         # the additive mask in the dtype the attention scores have (bf16 under CUDA autocast, else the weights')
         dtype = torch.bfloat16 if device.type == "cuda" and bf16 else next(lm.parameters()).dtype

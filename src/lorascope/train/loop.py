@@ -116,17 +116,25 @@ def _n_targets(e: Encoded) -> int:
     return sum(1 for t in e.labels[1:] if t != IGNORE_INDEX)
 
 
+def _diverged(step: int, loss: float, grad_norm: float, lr: float, recent: list[dict], **extra) -> dict:
+    """The diagnostics a ``TrainingDiverged`` carries: where it happened, why, and the last few history records."""
+    return {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr, **extra, "recent": recent}
+
+
+def _last_steps(history: list[dict]) -> list[dict]:
+    return [h for h in history if "loss" in h][-5:]
+
+
 def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], settings: LoopSettings, seeds: RunSeeds,
                out_dir: Path, *, pad_id: int, device: torch.device, dist: DistInfo = DistInfo(),
                validate: Callable[[], dict] | None = None, primary: str = "accuracy",
                on_best: Callable[[int, dict], None] | None = None, log: Callable[[dict], None] = lambda r: None,
-               identity: str | None = None, health: Callable[[dict | None], dict] | None = None,
-               health_baseline: dict | None = None) -> LoopResult:
+               identity: str | None = None, health: Callable[[], dict] | None = None) -> LoopResult:
     """Train ``model`` (through ``loss_module``) on ``train``; resume from ``out_dir/checkpoints`` if present.
 
     ``validate()`` returns validation metrics; the best by ``primary`` triggers ``on_best(step, metrics)``.
-    ``health(health_baseline)`` (``collapse.output_collapse``; the baseline is its result on the starting model)
-    runs before each validation: collapsed outputs, like a NaN
+    ``health()`` (``collapse.output_collapse`` against the starting model's outputs) runs before each
+    validation: collapsed outputs, like a NaN
     loss or a loss above ``divergence_factor`` × the first step's, raise ``TrainingDiverged``.
     The caller's global torch RNG state is restored on return (the dropout stream lives in a fork).
     """
@@ -196,24 +204,13 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
             lr = scheduler.get_last_lr()[0]
             norm = torch.nn.utils.clip_grad_norm_(params, S.grad_clip)
             grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-            recent = [h for h in result.history if "loss" in h][-5:]
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                raise TrainingDiverged(
-                    {"step": step + 1, "loss": loss, "grad_norm": grad_norm, "lr": lr, "recent": recent}
-                )
+                raise TrainingDiverged(_diverged(step + 1, loss, grad_norm, lr, _last_steps(result.history)))
             first = next((h["loss"] for h in result.history if "loss" in h), None)
             exploded = loss_exploded(loss, first, S.divergence_factor)
             if exploded:
-                raise TrainingDiverged(
-                    {
-                        "step": step + 1,
-                        "loss": loss,
-                        "grad_norm": grad_norm,
-                        "lr": lr,
-                        "reason": exploded,
-                        "recent": recent,
-                    }
-                )
+                raise TrainingDiverged(_diverged(step + 1, loss, grad_norm, lr, _last_steps(result.history),
+                                                 reason=exploded))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -234,19 +231,10 @@ def train_loop(loss_module: nn.Module, model: nn.Module, train: list[Encoded], s
             log(record)
             if eval_every and (step % eval_every == 0 or step == total):
                 if health is not None:
-                    diag = health(health_baseline)
+                    diag = health()
                     if diag["collapsed"]:
-                        raise TrainingDiverged(
-                            {
-                                "step": step,
-                                "loss": loss,
-                                "grad_norm": grad_norm,
-                                "lr": lr,
-                                "reason": diag["reason"],
-                                "outputs": diag,
-                                "recent": result.history[-5:],
-                            }
-                        )
+                        raise TrainingDiverged(_diverged(step, loss, grad_norm, lr, result.history[-5:],
+                                                         reason=diag["reason"], outputs=diag))
                 metrics = validate()
                 # Every rank must take the same decision (on_best is collective under FSDP): rank 0's.
                 better = bool(broadcast_bool(result.best_metric is None or metrics[primary] > result.best_metric, dist))

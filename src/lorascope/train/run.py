@@ -27,6 +27,7 @@ from lorascope.manifest import is_completed, run_manifest
 from lorascope.models.load import load_causal_lm
 from lorascope.models.lora import apply_lora
 from lorascope.models.tokenizer import tokenizer_for
+from lorascope.results import layout
 from lorascope.train import speed
 from lorascope.train.checkpoint import latest_checkpoint, load_trainable_state, trainable_state
 from lorascope.train.collapse import PROBE_PROMPTS, output_collapse
@@ -203,12 +204,16 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
 
         health_prompts = [prompt(ex) for ex in data["validation"][:PROBE_PROMPTS]]
 
-        def health(baseline: dict | None) -> dict:
+        def probe(baseline: dict | None = None) -> dict:
             # Under the same autocast as training and validation: on CUDA the frozen LoRA base weights are bf16.
-            with root_unsharded(loss_module), eager(), torch.no_grad(), autocast_ctx(device, settings.bf16):
+            with eager(), autocast_ctx(device, settings.bf16):
                 return output_collapse(
                     model, tokenizer, health_prompts, device=device, max_length=cfg.data.max_length, baseline=baseline
                 )
+
+        def health() -> dict:
+            with root_unsharded(loss_module):
+                return probe(start_health)
 
         def on_best(step: int, metrics: dict) -> None:
             weights = trainable_state(model)  # collective under FSDP: every rank gathers
@@ -218,11 +223,7 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
 
         # The starting model's outputs, the baseline of the collapse checks: measured before the strategy wraps the
         # model (FSDP wants its first forward through the root module).
-        start_health = None
-        if health_prompts:
-            with eager(), torch.no_grad(), autocast_ctx(device, settings.bf16):
-                start_health = output_collapse(model, tokenizer, health_prompts, device=device,
-                                               max_length=cfg.data.max_length)
+        start_health = probe() if health_prompts else None
         # No padding mask on CUDA: exact for right-padded batches, and attention takes its fused causal path.
         loss_module = wrap_for_strategy(
             TargetTokenLoss(model, causal_no_mask=device.type == "cuda"), model, dist, device
@@ -244,7 +245,6 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
                 log=tracker.log,
                 identity=identity,
                 health=health if health_prompts else None,
-                health_baseline=start_health,
             )
         except TrainingDiverged as exc:
             if dist.is_main:
@@ -280,7 +280,7 @@ def run_training(cfg: StudyConfig, spec: RunSpec, out_dir: Path, *, data: TaskDa
             results["test"] = metrics
             atomic_write_text(out_dir / "predictions_test.jsonl", "".join(json.dumps(r) + "\n" for r in records))
         if dist.is_main:
-            save_final_model(model, tokenizer, out_dir / ("model" if spec.method == "ft" else "adapter"), spec.method)
+            save_final_model(model, tokenizer, layout.saved_model_dir(out_dir, spec.method), spec.method)
             results["world_size"], results["strategy"] = dist.world_size, dist.strategy
             if lora_kernel is not None:
                 results["lora_kernel"] = lora_kernel

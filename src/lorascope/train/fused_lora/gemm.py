@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lorascope.train.fused_lora.kernels import Blocks, interpreting
+from lorascope.train.fused_lora.kernels import Blocks, _pow2_at_least_16, interpreting
 
 
 @triton.jit
@@ -55,7 +55,7 @@ def gemm_lora(x: torch.Tensor, w_aug: torch.Tensor, xa: torch.Tensor, in_feature
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(M, blocks.gemm_bm) * triton.cdiv(N, blocks.gemm_bn),)
     _gemm_lora_kernel[grid](x, w_aug, xa, y, M, N, in_features, x.stride(0), w_aug.stride(0), xa.stride(0),
-                            y.stride(0), width, CP=max(16, triton.next_power_of_2(width)), DOT_F32=interpreting(),
+                            y.stride(0), width, CP=_pow2_at_least_16(width), DOT_F32=interpreting(),
                             BM=blocks.gemm_bm, BN=blocks.gemm_bn, BK=blocks.gemm_bk, GROUP_M=8,
                             num_warps=blocks.gemm_warps, num_stages=blocks.gemm_stages)
     return y
