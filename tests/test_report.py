@@ -233,6 +233,9 @@ def test_cli(results: Path, tmp_path: Path):
     res = CliRunner().invoke(app, ["report", str(results)])
     assert res.exit_code == 0, res.output
     assert (results / "report" / "report.html").is_file()
+    # the report names its own invocation, recorded as completed by the time the reader opens it
+    md = (results / "report" / "report.md").read_text(encoding="utf-8")
+    assert "Invocations of" in md and "running" not in md
     (results / "stats" / "stats.json").write_text("not json")
     res = CliRunner().invoke(app, ["report", str(results)])
     assert res.exit_code == 2 and "stats.json" in res.output

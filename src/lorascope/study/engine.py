@@ -82,6 +82,25 @@ def run_dag(cfg: StudyConfig, dag: Dag, out_dir: str | Path, backend, *, on_even
             store.close()
 
 
+def _run_recorded(cfg: StudyConfig, dag: Dag, out_dir: Path, backend, entry: dict, *,
+                  on_event: EventFn | None = None, hint: str = "") -> StudyOutcome:
+    """Run ``dag`` inside an invocation: its job counts go into the invocation's ``entry``; failures raise."""
+    outcome = run_dag(cfg, dag, out_dir, backend, on_event=on_event)
+    entry["jobs"] = {s: outcome.count(s) for s in ("skipped", "completed", "failed", "cancelled")}
+    if outcome.failed or outcome.ingest_errors:
+        raise StudyFailed(outcome.error_message() + hint)
+    return outcome
+
+
+def _rerender_report(cfg: StudyConfig, out_dir: Path, outcome: StudyOutcome) -> None:
+    """The report job ran inside the invocation, before it was recorded as completed: render it once more now, so
+    the report a reader opens never shows a finished invocation as "running" (``run`` and ``lorascope report``)."""
+    if "report" in outcome.status and outcome.count("completed"):
+        from lorascope.study.stages.report import render
+
+        render(out_dir, cfg)
+
+
 def run_study(cfg: StudyConfig, out_dir: str | Path, *, executor: str | None = None, parallel: int | None = None,
               data_dir: str | None = None, on_event: EventFn | None = None,
               progress: Callable[[str], None] | None = None, dag: Dag | None = None) -> tuple[StudyOutcome, Path]:
@@ -97,18 +116,9 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, executor: str | None = N
         dag = dag or build_study_dag(cfg, out_dir)
         with study_invocation(out_dir, cfg, command="run", extra={"executor": kind, "jobs": len(dag)}) as entry:
             backend = make_backend(cfg, out_dir, kind=kind, parallel=parallel, data_dir=data_dir, progress=progress)
-            outcome = run_dag(cfg, dag, out_dir, backend, on_event=on_event)
-            entry["jobs"] = {s: outcome.count(s) for s in ("skipped", "completed", "failed", "cancelled")}
-            if outcome.failed or outcome.ingest_errors:
-                raise StudyFailed(
-                    outcome.error_message() + f"\njob records: {layout.jobs_dir(out_dir)}/<job>/manifest.json"
-                )
-        if entry["jobs"]["completed"] and "report" in dag.jobs:
-            # The report job ran inside this invocation, before it was recorded as completed: render it once
-            # more now, so the report a reader opens never shows a finished study as "running".
-            from lorascope.study.stages.report import render
-
-            render(out_dir, cfg)
+            outcome = _run_recorded(cfg, dag, out_dir, backend, entry, on_event=on_event,
+                                    hint=f"\njob records: {layout.jobs_dir(out_dir)}/<job>/manifest.json")
+        _rerender_report(cfg, out_dir, outcome)
     return outcome, out_dir / layout.SUMMARY
 
 
@@ -146,8 +156,7 @@ def run_stage_jobs(
                 sub.jobs[job.name] = Job(**{**job.__dict__, "deps": ()})
                 if force:
                     (layout.job_dir(out_dir, job.name) / layout.MANIFEST).unlink(missing_ok=True)
-            outcome = run_dag(cfg, sub, out_dir, InlineBackend(cfg, out_dir, data_dir=data_dir, progress=progress))
-            entry["jobs"] = {s: outcome.count(s) for s in ("skipped", "completed", "failed", "cancelled")}
-            if outcome.failed or outcome.ingest_errors:
-                raise StudyFailed(outcome.error_message())
+            outcome = _run_recorded(cfg, sub, out_dir, InlineBackend(cfg, out_dir, data_dir=data_dir,
+                                                                     progress=progress), entry)
+        _rerender_report(cfg, out_dir, outcome)
     return [outcome.outcomes[j.name] for j in chosen]
