@@ -65,3 +65,14 @@ def test_no_import_cycles_between_packages():
 
     cycles = sorted(pkg for pkg in graph if reaches(pkg, pkg, {pkg}))
     assert not cycles, f"packages on an import cycle: {cycles}"
+
+
+def test_statistics_and_the_report_do_not_load_torch():
+    """`lorascope stats` / `report` and the plan read JSON: importing them must not pay for torch (~1 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lorascope.stats.study_stats, lorascope.report.write, lorascope.study.plan; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

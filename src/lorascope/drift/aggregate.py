@@ -20,7 +20,6 @@ from collections import defaultdict
 
 import numpy as np
 
-from lorascope.drift.compute import drift_score
 from lorascope.drift.cosine import t_interval
 
 # The range of each per-layer measure and score: a band is clipped to it (with a ``clipped`` flag).
@@ -46,6 +45,17 @@ def t_band(values: list[float], confidence: float = 0.95, bounds: tuple[float | 
     if bounds[1] is not None and hi > bounds[1]:
         hi, clipped = bounds[1], clipped + ["upper"]
     return {"mean": mean, "lo": lo, "hi": hi, "n": len(x), **({"clipped": clipped} if clipped else {})}
+
+
+def drift_score(rows: list[dict]) -> float:
+    """Drift of a model = mean over layers of (1 − debiased linear CKA) (§8); undefined layers are skipped."""
+    vals = [1.0 - r["linear_cka_debiased"] for r in rows if r.get("linear_cka_debiased") is not None]
+    return float(np.mean(vals))
+
+
+def drift_reduction(d_lora: float, d_ft: float) -> float:
+    """1 − D_LoRA / D_FT (§8): 0.2 means LoRA drifts 20% less than FT."""
+    return 1.0 - d_lora / d_ft
 
 
 def ratio_reduction(drift_ft: list[float], drift_lora: list[float], confidence: float = 0.95) -> dict:

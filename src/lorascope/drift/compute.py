@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lorascope.drift.aggregate import drift_reduction, drift_score  # noqa: F401 — the §8 scores, re-exported
 from lorascope.drift.capture import batches, hidden_states, pool
 from lorascope.drift.cosine import CosineAccumulator
 from lorascope.drift.gram import rbf_cka
@@ -82,14 +83,3 @@ def _safe(fn, what: str) -> dict:
         return fn()
     except SimilarityInputError as exc:
         return {f"{what}_note": str(exc)}
-
-
-def drift_score(rows: list[dict]) -> float:
-    """Drift of a model = mean over layers of (1 − debiased linear CKA) (§8); undefined layers are skipped."""
-    vals = [1.0 - r["linear_cka_debiased"] for r in rows if r.get("linear_cka_debiased") is not None]
-    return float(np.mean(vals))
-
-
-def drift_reduction(d_lora: float, d_ft: float) -> float:
-    """1 − D_LoRA / D_FT (§8): 0.2 means LoRA drifts 20% less than FT."""
-    return 1.0 - d_lora / d_ft

@@ -16,6 +16,7 @@ from lorascope.config import result_hash
 from lorascope.config.schema import StudyConfig
 from lorascope.data.load import task_data
 from lorascope.io import atomic_write_json, atomic_write_text
+from lorascope.logs import quiet_optuna
 from lorascope.manifest import run_manifest
 from lorascope.train.holdout import without_test
 from lorascope.train.loop import TrainingDiverged
@@ -34,6 +35,8 @@ def run_hpo(cfg: StudyConfig, task: str, method: str, out_dir: Path, *, data_dir
             device=None) -> dict:
     """Search the method's lr grid for ``task`` on validation; writes ``hpo.json`` with the best lr."""
     import optuna
+
+    quiet_optuna()  # per-trial INFO lines off (lorascope.logs)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
