@@ -41,15 +41,25 @@ def length_summary(lengths: list[int], limit: int) -> dict:
     }
 
 
+def split_token_lengths(data: TaskData, tokenizer) -> dict[str, tuple[list[int], list[int]]]:
+    """Per split: (prompt lengths, full training-sequence lengths) — one tokenizer pass for the statistics and
+    the histogram figure alike."""
+    return {split: token_lengths(tokenizer, data.splits[split]) for split in SPLITS}
+
+
 def dataset_stats(data: TaskData, *, seed: int, n_samples: int = 3, tokenizer=None, max_length: int = 1024,
-                  max_new_tokens: int = 32, used: TaskData | None = None) -> dict:
-    """Statistics of every split. With a tokenizer: token lengths of prompts and of full training sequences.
+                  max_new_tokens: int = 32, used: TaskData | None = None,
+                  lengths: dict[str, tuple[list[int], list[int]]] | None = None) -> dict:
+    """Statistics of every split. With a tokenizer: token lengths of prompts and of full training sequences
+    (``lengths``: those of ``split_token_lengths``, when the caller has them already).
 
     ``sequence.over_limit`` counts training examples that §4 drops; ``prompt.over_limit`` counts evaluation
     prompts whose context will be truncated (limit = max_length − max_new_tokens for SQuAD generation).
     ``used``: the examples the study actually trains and evaluates on (a seeded subsample); where a split was
     cut, ``used`` gives its size and label balance, which can differ from the full split's.
     """
+    if lengths is None and tokenizer is not None:
+        lengths = split_token_lengths(data, tokenizer)
     rng = np.random.default_rng([seed, 11])
     out = {**data.describe(), "composition": data.composition, "splits": {}}
     eval_limit = max_length - (max_new_tokens if data.task == "squad_v2" else 0)
@@ -59,8 +69,8 @@ def dataset_stats(data: TaskData, *, seed: int, n_samples: int = 3, tokenizer=No
         if data.task == "squad_v2":
             entry["articles"] = len({ex.title for ex in exs})
             entry["contexts"] = len({ex.context for ex in exs})
-        if tokenizer is not None:
-            p_len, f_len = token_lengths(tokenizer, exs)
+        if lengths is not None:
+            p_len, f_len = lengths[split]
             entry["tokens"] = {
                 "prompt": length_summary(p_len, eval_limit),
                 "sequence": length_summary(f_len, max_length),
@@ -73,8 +83,3 @@ def dataset_stats(data: TaskData, *, seed: int, n_samples: int = 3, tokenizer=No
     if tokenizer is not None:
         out["tokenizer"] = getattr(tokenizer, "name_or_path", None)
     return out
-
-
-def token_length_arrays(data: TaskData, tokenizer) -> dict[str, list[int]]:
-    """Full training-sequence lengths per split (for the histogram figure)."""
-    return {split: token_lengths(tokenizer, data.splits[split])[1] for split in SPLITS}

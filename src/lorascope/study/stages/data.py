@@ -7,8 +7,8 @@ from __future__ import annotations
 from lorascope.baselines.run import run_baselines
 from lorascope.data.figures import length_histogram
 from lorascope.data.leakage import check_leakage
-from lorascope.data.load import task_data
-from lorascope.data.stats import dataset_stats, token_length_arrays
+from lorascope.data.load import subsample, task_data
+from lorascope.data.stats import dataset_stats, split_token_lengths
 from lorascope.io import atomic_write_json
 from lorascope.manifest import run_manifest
 from lorascope.models.tokenizer import tokenizer_for
@@ -30,11 +30,13 @@ def run(ctx: JobContext, task: str) -> dict:
         atomic_write_json(layout.data_file(ctx.out_dir, task, "leakage"), leakage)
         step(f"{task}: statistics")
         tokenizer = tokenizer_for(cfg.model)
-        scored = task_data(cfg, task, data_dir=ctx.data_dir, subsample=True)
+        scored = subsample(data, cfg.data.subsample_caps(task), cfg.seeds.split)  # = task_data(..., subsample=True)
+        lengths = split_token_lengths(data, tokenizer)
         stats = dataset_stats(data, seed=cfg.seeds.split, n_samples=cfg.data.stats_samples, tokenizer=tokenizer,
-                              max_length=cfg.data.max_length, max_new_tokens=cfg.data.max_new_tokens, used=scored)
+                              max_length=cfg.data.max_length, max_new_tokens=cfg.data.max_new_tokens, used=scored,
+                              lengths=lengths)
         atomic_write_json(layout.data_file(ctx.out_dir, task, "data_stats"), stats)
-        length_histogram(token_length_arrays(data, tokenizer), cfg.data.max_length,
+        length_histogram({split: full for split, (_, full) in lengths.items()}, cfg.data.max_length,
                          f"{task} ({data.split_scheme}): token lengths", out / layout.TOKEN_LENGTHS_FIGURE)
         step(f"{task}: baselines")
         baselines = run_baselines(scored, cfg.baselines, seed=cfg.seeds.baselines)
