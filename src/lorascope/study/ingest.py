@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from lorascope.study.store import ResultsStore
 
@@ -103,6 +104,17 @@ def ingest_serve(store: ResultsStore, job_key: str, serve_json: str | Path) -> i
              "output_mode": c.get("output_mode"), "row": json.dumps(c, sort_keys=True)}
             for i, c in enumerate(s.get("cells", []))]
     return store.replace_rows("serving", job_key, rows)
+
+
+def file_ingester(ingest_file: Callable[[ResultsStore, str, Path], int], path_of: Callable[[Path, dict], Path]):
+    """A stage's ingester for one result file (at ``path_of(out_dir, job params)``), when the job wrote it."""
+
+    def ingest(store: ResultsStore, out_dir: Path, job, result: dict) -> None:
+        path = path_of(out_dir, job.params)
+        if path.is_file():
+            ingest_file(store, job.key, path)
+
+    return ingest
 
 
 def ingest_job(store: ResultsStore, out_dir: str | Path, job, outcome: dict) -> None:

@@ -52,7 +52,6 @@ class Stage:
     after: tuple[After, ...] = ()
     role: str | Callable[[dict], str] = "vm3"
     gpus: float = 0.0
-    outputs: Callable[[dict], list[str]] = field(default=lambda p: [])
     ingest: Callable[..., None] | None = None
     report: tuple[str, ...] = ()
     cost: Callable[[Any, dict], dict] | None = None  # (plan.CostModel, params) → wall seconds by part

@@ -47,6 +47,4 @@ def run(ctx: JobContext, task: str) -> dict:
 STAGE = Stage(
     name="data", title="data", reads=("model", "data", "baselines", "seeds.split", "seeds.baselines"),
     fan_out=lambda cfg: [{"task": t} for t in cfg.data.tasks], job_name=lambda p: f"data-{p['task']}", run=run,
-    role="vm1", outputs=lambda p: [f"{p['task']}/{f}" for f in (*layout.DATA_FILES.values(),
-                                                               layout.TOKEN_LENGTHS_FIGURE)],
-    report=("data", "baselines"), cost=lambda model, p: model.cpu("data"))
+    role="vm1", report=("data", "baselines"), cost=lambda model, p: model.cpu("data"))

@@ -7,7 +7,7 @@ from lorascope.io import atomic_write_json, atomic_write_text
 from lorascope.manifest import run_manifest
 from lorascope.results import layout
 from lorascope.results.selection import final_runs
-from lorascope.study.ingest import ingest_drift
+from lorascope.study.ingest import file_ingester, ingest_drift
 from lorascope.study.runner import JobContext
 from lorascope.study.stage import After, Stage
 
@@ -30,15 +30,12 @@ def run(ctx: JobContext, task: str) -> dict:
     return {"task": task, "path": layout.relative(ctx.out_dir, folder / "drift.json")}
 
 
-def ingest(store, out_dir, job, result: dict) -> None:
-    path = layout.drift_dir(out_dir, job.params["task"]) / "drift.json"
-    if path.is_file():
-        ingest_drift(store, job.key, path)
+ingest = file_ingester(ingest_drift, lambda out, p: layout.drift_dir(out, p["task"]) / "drift.json")
 
 
 STAGE = Stage(
     name="drift", title="drift", reads=("training", "drift", "stats.confidence", "seeds.probe", "seeds.replicates"),
     fan_out=lambda cfg: [{"task": t} for t in cfg.data.tasks], job_name=lambda p: f"drift-{p['task']}", run=run,
     after=(After("train", ("task",)),), role="vm3", gpus=1,
-    outputs=lambda p: [f"{p['task']}/drift/{f}" for f in ("drift.json", "layers.csv", "figures/")], ingest=ingest,
+    ingest=ingest,
     report=("drift",), cost=lambda model, p: model.drift(p["task"]))

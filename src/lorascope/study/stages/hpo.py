@@ -4,7 +4,7 @@ unreadable there). Every HPO job waits for every sanity gate: one failed gate ca
 from __future__ import annotations
 
 from lorascope.results import layout
-from lorascope.study.ingest import ingest_hpo
+from lorascope.study.ingest import file_ingester, ingest_hpo
 from lorascope.study.runner import JobContext
 from lorascope.study.stage import After, Stage
 
@@ -17,10 +17,7 @@ def run(ctx: JobContext, task: str, method: str) -> dict:
     return {k: h[k] for k in ("task", "method", "metric", "best_lr", "best_value", "trials")}
 
 
-def ingest(store, out_dir, job, result: dict) -> None:
-    path = layout.hpo_file(out_dir, job.params["task"], job.params["method"])
-    if path.is_file():
-        ingest_hpo(store, job.key, path)
+ingest = file_ingester(ingest_hpo, lambda out, p: layout.hpo_file(out, p["task"], p["method"]))
 
 
 STAGE = Stage(
@@ -28,5 +25,5 @@ STAGE = Stage(
     fan_out=lambda cfg: [{"task": t, "method": m} for t in cfg.data.tasks for m in cfg.train.methods],
     job_name=lambda p: f"hpo-{p['task']}-{p['method']}", run=run,
     after=(After("data", ("task",)), After("sanity")), role="vm2", gpus=1,
-    outputs=lambda p: [f"{p['task']}/hpo/{p['method']}/hpo.json"], ingest=ingest, report=("hpo",),
+    ingest=ingest, report=("hpo",),
     cost=lambda model, p: model.hpo(p["task"], p["method"]))

@@ -33,5 +33,4 @@ STAGE = Stage(
     # The report shows every stage's outputs and the study's whole config (setup, limitations): it reads it all.
     name="report", title="report", reads=("training", "drift", "serve", "stats", "seeds", "output.note", "name"),
     fan_out=lambda cfg: [{}], job_name=lambda p: "report", run=run, after=(After(EVERYTHING_BEFORE),), role="vm3",
-    outputs=lambda p: ["report/report.html", "report/report.md", layout.SUMMARY],
     cost=lambda model, p: model.cpu("report"))

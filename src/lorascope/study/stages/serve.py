@@ -5,7 +5,7 @@ study without LoRA, so the stage is left out there."""
 from __future__ import annotations
 
 from lorascope.results import layout
-from lorascope.study.ingest import ingest_serve
+from lorascope.study.ingest import file_ingester, ingest_serve
 from lorascope.study.runner import JobContext
 from lorascope.study.stage import After, Stage
 
@@ -17,15 +17,12 @@ def run(ctx: JobContext) -> dict:
     return {"path": layout.relative(ctx.out_dir, layout.serve_dir(ctx.out_dir) / "serve.json")}
 
 
-def ingest(store, out_dir, job, result: dict) -> None:
-    path = layout.serve_dir(out_dir) / "serve.json"
-    if path.is_file():
-        ingest_serve(store, job.key, path)
+ingest = file_ingester(ingest_serve, lambda out, p: layout.serve_dir(out) / "serve.json")
 
 
 STAGE = Stage(
     name="serve", title="serving", reads=("training", "serve", "seeds.probe", "seeds.replicates"),
     fan_out=lambda cfg: [{}], job_name=lambda p: "serve", run=run, after=(After("train"),), role="vm3", gpus=1,
-    outputs=lambda p: [f"serve/{f}" for f in ("serve.json", "requests.csv", "figures/")], ingest=ingest,
+    ingest=ingest,
     report=("deployment",), include=lambda cfg: "lora" in cfg.train.methods,
     cost=lambda model, p: model.serve())

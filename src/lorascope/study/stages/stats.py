@@ -26,5 +26,5 @@ STAGE = Stage(
     name="stats", title="statistics",
     reads=("training", "stats", "serve.batch_sizes", "seeds.bootstrap", "seeds.replicates"),
     fan_out=lambda cfg: [{}], job_name=lambda p: "stats", run=run, after=(After(EVERYTHING_BEFORE),), role="vm3",
-    outputs=lambda p: ["stats/stats.json"], report=("verdict", "results", "significance"),
+    report=("verdict", "results", "significance"),
     cost=lambda model, p: model.cpu("stats"))

@@ -36,6 +36,5 @@ STAGE = Stage(
                          for m in cfg.train.methods for r in cfg.seeds.replicates],
     job_name=lambda p: f"train-{p['task']}-{p['method']}-r{p['replicate']}", run=run,
     after=(After("hpo", ("task", "method")),), role=method_role, gpus=1,
-    outputs=lambda p: [f"{p['task']}/runs/<run>/{f}" for f in (layout.RESULTS, layout.PREDICTIONS)],
     ingest=ingest, report=("results", "significance"),
     cost=lambda model, p: model.train_run(p["task"], p["method"]))

@@ -7,7 +7,7 @@ from lorascope.io import atomic_write_json
 from lorascope.manifest import run_manifest
 from lorascope.results import layout
 from lorascope.results.selection import lowest_replicate_run
-from lorascope.study.ingest import ingest_weights
+from lorascope.study.ingest import file_ingester, ingest_weights
 from lorascope.study.runner import JobContext
 from lorascope.study.stage import After, Stage
 
@@ -34,10 +34,7 @@ def run(ctx: JobContext, task: str) -> dict:
     return {"task": task, "runs": summary["runs"], "intruders_total": summary["intruders_total"]}
 
 
-def ingest(store, out_dir, job, result: dict) -> None:
-    path = layout.weights_dir(out_dir, job.params["task"]) / "weights.json"
-    if path.is_file():
-        ingest_weights(store, job.key, path)
+ingest = file_ingester(ingest_weights, lambda out, p: layout.weights_dir(out, p["task"]) / "weights.json")
 
 
 def _lowest_ft_or_lora(mine: dict, theirs: dict, cfg) -> bool:
@@ -48,6 +45,6 @@ STAGE = Stage(
     name="weights", title="weights", reads=("training", "seeds.bootstrap", "seeds.replicates"),
     fan_out=lambda cfg: [{"task": t} for t in cfg.data.tasks], job_name=lambda p: f"weights-{p['task']}",
     run=run, after=(After("train", ("task",), _lowest_ft_or_lora),), role="vm3", gpus=1,
-    outputs=lambda p: [f"{p['task']}/weights/weights.json", f"{p['task']}/weights/figures/"], ingest=ingest,
+    ingest=ingest,
     report=("weights",), include=lambda cfg: bool(set(cfg.train.methods) & set(LABELS)),
     cost=lambda model, p: model.weights(p["task"]))

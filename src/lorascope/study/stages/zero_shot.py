@@ -25,5 +25,5 @@ STAGE = Stage(
     name="zero_shot", title="zero-shot", reads=("training",),
     fan_out=lambda cfg: [{"task": t} for t in cfg.data.tasks], job_name=lambda p: f"zero_shot-{p['task']}",
     run=run, after=(After("data", ("task",)),), role="vm3", gpus=1,
-    outputs=lambda p: [f"{p['task']}/zero_shot/{layout.RESULTS}"], ingest=ingest, report=("baselines",),
+    ingest=ingest, report=("baselines",),
     cost=lambda model, p: model.zero_shot(p["task"]))
