@@ -27,6 +27,12 @@ _LORA_A = re.compile(r"^(?:base_model\.model\.)?(?P<name>.+)\.lora_A(?:\.[^.]+)?
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
+def parse_module_name(name: str) -> tuple[int | None, str]:
+    """(decoder layer index or None, module type = last name component) of a module name."""
+    m = _LAYER.search(name)
+    return (int(m.group(1)) if m else None), name.rsplit(".", 1)[-1]
+
+
 @dataclass(frozen=True)
 class AdapterModule:
     """One adapted Linear: ΔW = scaling · b @ a, shapes b (out × r), a (r × in), already transposed for
@@ -118,9 +124,7 @@ def read_adapter(folder: str | Path) -> Adapter:
         if getattr(cfg, "fan_in_fan_out", False):
             b, a = a.T.contiguous(), b.T.contiguous()  # (s·B·A)ᵀ = s·Aᵀ·Bᵀ
         scaling = alpha / math.sqrt(r) if getattr(cfg, "use_rslora", False) else alpha / r
-        layer = _LAYER.search(name)
-        modules.append(AdapterModule(name, int(layer.group(1)) if layer else None, name.rsplit(".", 1)[-1],
-                                     a, b, r, alpha, float(scaling)))
+        modules.append(AdapterModule(name, *parse_module_name(name), a, b, r, alpha, float(scaling)))
     if not modules:
         raise AdapterError(f"{folder}: no lora_A/lora_B weights found")
     return Adapter(folder, cfg, tuple(modules))

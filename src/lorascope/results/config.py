@@ -18,8 +18,7 @@ from pathlib import Path
 from lorascope.config.load import config_diff, config_from_tree, key_role, parse_overrides
 from lorascope.config.schema import StudyConfig
 from lorascope.errors import ConfigError
-
-MANIFEST = "manifest.json"
+from lorascope.results.layout import MANIFEST
 
 
 def recorded_config(results_dir: str | Path) -> dict | None:

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from lorascope.errors import LorascopeError
+from lorascope.results import layout
 
-LOCK_FILE = ".lorascope.lock"
+LOCK_FILE = layout.LOCK
 
 
 class FolderLocked(LorascopeError):

@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-DB_NAME = "results.db"
+from lorascope.results import layout
+
+DB_NAME = layout.RESULTS_DB
 BUSY_TIMEOUT_S = 120.0
 
 SCHEMA = {

@@ -19,7 +19,6 @@ definition). ``benchmarks/weights_gpu.py`` times the first at 1.3B and checks it
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Union
@@ -27,14 +26,13 @@ from typing import Any, Callable, NamedTuple, Union
 import torch
 
 from lorascope.models.tokenizer import ModelLoadError
+from lorascope.results.adapters import parse_module_name
 from lorascope.weights.intruders import intruder_dimensions, left_singular_vectors
 from lorascope.weights.metrics import module_report
 from lorascope.weights.prefetch import Prefetched
 from lorascope.weights.spectra import gram_or_svd_singular_values, left_singular_basis, lowrank_singular_values
 
 LLAMA_MODULE_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-_LORA_A_RE = re.compile(r"^(?:base_model\.model\.)?(?P<name>.+)\.lora_A(?:\.[^.]+)?\.weight$")
 
 
 class ModuleDelta(NamedTuple):
@@ -62,12 +60,6 @@ WeightItem = Union[ModuleDelta, LoraFactors]
 def _to(t: torch.Tensor, device: str | torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Move, then cast: a CPU→GPU ``.to(device, dtype)`` converts on the CPU and ships the wider type."""
     return t.detach().to(device=device).to(dtype=dtype)
-
-
-def parse_module_name(name: str) -> tuple[int | None, str]:
-    """(decoder layer index or None, module type = last name component) of a module name."""
-    m = _LAYER_RE.search(name)
-    return (int(m.group(1)) if m else None), name.rsplit(".", 1)[-1]
 
 
 def _normalize(key: str) -> str:
