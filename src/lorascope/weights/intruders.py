@@ -157,11 +157,6 @@ def top_left_singular_vectors(W: Any, k: int, *, method: str = "auto", device: t
     k = min(k, min(w.shape))
     if method == "auto":
         method = "full" if w.numel() <= FULL_SVD_MAX_ENTRIES else "gram"
-    if method == "gram32":
-        res32 = refined_top_left(w, k)
-        if res32 is not None:
-            return res32[0], res32[1], "gram32"
-        method = "gram"
     if method == "gram":
         res = gram_top_left(w, k)
         if res is not None:
@@ -173,7 +168,7 @@ def top_left_singular_vectors(W: Any, k: int, *, method: str = "auto", device: t
     if method == "randomized":
         u, s = randomized_top_left(w, k, seed=seed)
         return u, s, "randomized"
-    raise ValueError(f"unknown method {method!r}: use 'auto', 'full', 'gram', 'gram32' or 'randomized'")
+    raise ValueError(f"unknown method {method!r}: use 'auto', 'full', 'gram' or 'randomized'")
 
 
 def intruder_dimensions(W_base: Any, W_tuned: Any, *, k: int = 10, epsilon: float = 0.5,
