@@ -31,6 +31,11 @@ class LoraWeights:
     pairs: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
 
 
+def adapter_name(path: Path) -> str:
+    """A served adapter's name: its run folder's name for a run's ``adapter/`` folder, else the folder's own."""
+    return path.parent.name if path.name == layout.ADAPTER else path.name
+
+
 def load_lora(folder: str | Path, name: str | None = None) -> LoraWeights:
     """A PEFT LoRA folder for serving, through the one adapter reader (``results.adapters``). The engines stack
     every resident adapter, so only plain LoRA (one rank and one scaling for every module) of Llama's linear
@@ -80,7 +85,7 @@ def adapter_pool(task_adapters: list[Path], k: int, out_dir: Path, scale: float,
         src = task_adapters[i % len(task_adapters)]
         pool.append(
             perturbed_copy(
-                src, out_dir / f"{src.parent.name if src.name == layout.ADAPTER else src.name}-perturbed{i}", scale, gen
+                src, out_dir / f"{adapter_name(src)}-perturbed{i}", scale, gen
             )
         )
     return pool

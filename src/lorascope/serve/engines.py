@@ -14,8 +14,7 @@ from typing import Callable
 
 import torch
 
-from lorascope.results import layout
-from lorascope.serve.adapters import load_lora
+from lorascope.serve.adapters import adapter_name, load_lora
 from lorascope.serve.types import Backend, ServeError
 
 _MULTI = re.compile(r"^multi-(\d+)$")
@@ -59,16 +58,12 @@ class EngineSpec:
     native_decode: str = "fused"  # the native engine's decode path: "fused" (Triton) or "addmm" (serve/native_model.py)
 
 
-def _name(path: Path) -> str:
-    return path.parent.name if path.name == layout.ADAPTER else path.name
-
-
 def start_engine(backend: str, scenario: str, pool: list[Path], spec: EngineSpec) -> Started:
     k = adapters_needed(scenario)
     if len(pool) < k:
         raise ServeError(f"{scenario} needs {k} adapters, the pool has {len(pool)}")
     dirs = pool[:k]
-    names = [_name(p) for p in dirs]
+    names = [adapter_name(p) for p in dirs]
     if backend == "native":
         return _start_native(scenario, dirs, names, spec)
     if backend == "hf-peft":

@@ -22,7 +22,7 @@ from lorascope.results import layout
 from lorascope.results.adapters import is_adapter_folder
 from lorascope.results.selection import lowest_replicate_run
 from lorascope.serve import figures
-from lorascope.serve.adapters import adapter_pool
+from lorascope.serve.adapters import adapter_name, adapter_pool
 from lorascope.serve.bench import BenchSettings, run_benchmark
 from lorascope.serve.engines import EngineSpec, adapters_needed
 from lorascope.serve.report import overhead_vs_merged, write_results
@@ -148,5 +148,5 @@ def _local(name: str) -> Path | None:
 def _merged(cfg: StudyConfig, adapter: Path, root: Path) -> Path:
     from lorascope.models.merge import merge_adapter
 
-    out = root / (adapter.parent.name if adapter.name == layout.ADAPTER else adapter.name)
+    out = root / adapter_name(adapter)
     return out if (out / "config.json").is_file() else merge_adapter(cfg.model, adapter, out)

@@ -53,6 +53,14 @@ class GateResult:
         return {"passed": self.passed, "worst_rms_ratio": self.worst_rms_ratio, "worst_max_ratio": self.worst_max_ratio,
                 "rows": len(self.rows), "reason": self.reason}
 
+    @classmethod
+    def from_rows(cls, rows: list[dict]) -> "GateResult":
+        """The verdict over rows (each with ``rms_ratio`` and ``max_ratio``): every row within both bounds."""
+        worst_rms = max(r["rms_ratio"] for r in rows)
+        worst_max = max(r["max_ratio"] for r in rows)
+        return cls(passed=worst_rms <= TAU_RMS and worst_max <= TAU_MAX, worst_rms_ratio=worst_rms,
+                   worst_max_ratio=worst_max, rows=rows)
+
 
 def deviation(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
     """RMS and max of |got − want| over every position and vocabulary entry (float64)."""
@@ -74,10 +82,7 @@ def teacher_forced_gate(backend, reference: Reference, prompts: Sequence[Sequenc
         s_rms, s_max = deviation(reference.forced(p, a, toks, dtype), want)
         rows.append({"row": i, "adapter": a, "rms": rms, "max": mx, "scale_rms": s_rms, "scale_max": s_max,
                      "rms_ratio": rms / max(s_rms, 1e-30), "max_ratio": mx / max(s_max, 1e-30)})
-    worst_rms = max(r["rms_ratio"] for r in rows)
-    worst_max = max(r["max_ratio"] for r in rows)
-    return GateResult(passed=worst_rms <= TAU_RMS and worst_max <= TAU_MAX, worst_rms_ratio=worst_rms,
-                      worst_max_ratio=worst_max, rows=rows)
+    return GateResult.from_rows(rows)
 
 
 def gate_cell(backend, reference: Reference, prompts: Sequence[Sequence[int]], k: int, batch: int, n_new: int,
@@ -94,7 +99,4 @@ def gate_cell(backend, reference: Reference, prompts: Sequence[Sequence[int]], k
         ref_ids = [0] * batch if merged else (ids or [None] * batch)
         part = teacher_forced_gate(backend, reference, chunk, ids, ref_ids, n_new, dtype)
         rows += [{**r, "row": start + r["row"]} for r in part.rows]
-    worst_rms = max(r["rms_ratio"] for r in rows)
-    worst_max = max(r["max_ratio"] for r in rows)
-    return GateResult(passed=worst_rms <= TAU_RMS and worst_max <= TAU_MAX, worst_rms_ratio=worst_rms,
-                      worst_max_ratio=worst_max, rows=rows)
+    return GateResult.from_rows(rows)

@@ -63,17 +63,24 @@ class HFPeftBackend:
         ids = adapter_ids if adapter_ids is not None else [None] * bsz
         return [BASE_NAME if a is None else self.names[a] for a in ids]
 
+    def _left_padded(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, attention mask), (B, T) on the CPU, left-padded: every row's next token is at column T."""
+        t = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), t), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), t), dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            ids[i, t - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[i, t - len(seq):] = 1
+        return ids, mask
+
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], adapter_ids: Sequence[int | None] | None,
                  max_new_tokens: int, stop_at_eos: bool) -> Generation:
         from transformers import GenerationConfig, StoppingCriteriaList
 
-        bsz, t = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((bsz, t), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((bsz, t), dtype=torch.long)
-        for i, p in enumerate(prompts):  # left padding: every row's next token is at column t
-            ids[i, t - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-            mask[i, t - len(p):] = 1
+        bsz = len(prompts)
+        ids, mask = self._left_padded(prompts)
+        t = ids.shape[1]
         gen_cfg = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,
@@ -110,12 +117,9 @@ class HFPeftBackend:
         i predicting forced[:, i]."""
         n = len(forced[0])
         seqs = [list(p) + list(f[:-1]) for p, f in zip(prompts, forced)]
-        bsz, t = len(seqs), max(len(s) for s in seqs)
-        ids = torch.full((bsz, t), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((bsz, t), dtype=torch.long)
-        for i, seq in enumerate(seqs):
-            ids[i, t - len(seq) :] = torch.as_tensor(seq, dtype=torch.long)
-            mask[i, t - len(seq) :] = 1
+        bsz = len(seqs)
+        ids, mask = self._left_padded(seqs)
+        t = ids.shape[1]
         pos = (mask.cumsum(1) - 1).clamp(min=0)  # as generate does for left padding
         names = self._row_names(adapter_ids, bsz)
         kwargs = {"adapter_names": names} if names is not None else {}
