@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from lorascope.config.baselines import BaselinesConfig
+from lorascope.config.protocol import PRIMARY_METRIC
 from lorascope.data.types import TaskData
 from lorascope.errors import DataError
 
@@ -104,7 +105,7 @@ def baselines_markdown(result: dict) -> str:
         details = []
         draws = b.get("draws")
         if draws:
-            key = "accuracy" if task == "mrpc" else "f1"
+            key = PRIMARY_METRIC[task]
             d = draws[key]
             what = "exact expected accuracy; F1, MCC at expected counts" if task == "mrpc" else "exact expected values"
             details.append(f"{what}; {d['n_draws']} seeded draws: {key} {d['mean']:.2f} ± {d['sd']:.2f}")

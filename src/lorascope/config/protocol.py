@@ -13,6 +13,11 @@ from typing import Any
 
 from lorascope.config.schema import StudyConfig
 
+# The primary test metric of each task (§5, §12): the validity gate, criterion A, HPO's selection, the report.
+PRIMARY_METRIC = {"mrpc": "accuracy", "squad_v2": "f1"}
+# Drift's out-of-task probes are the other task's inputs (§8).
+OTHER_TASK = {"mrpc": "squad_v2", "squad_v2": "mrpc"}
+
 # dotted key → the STUDY.md section that fixes it
 PROTOCOL_KEYS: dict[str, str] = {
     "model.name_or_path": "§2", "model.eos_token": "§4",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from lorascope.config.protocol import OTHER_TASK
 from lorascope.config.schema import StudyConfig
 from lorascope.data.load import task_data
 from lorascope.drift import figures
@@ -30,7 +31,6 @@ from lorascope.models.merge import load_tuned
 from lorascope.models.tokenizer import tokenizer_for
 from lorascope.results import layout
 
-OTHER_TASK = {"mrpc": "squad_v2", "squad_v2": "mrpc"}
 CSV_FIELDS = ("run", "method", "replicate", "probe", "pooling", "layer", "n", "linear_cka", "linear_cka_debiased",
               "rbf_cka", "cosine_mean", "cosine_ci95", "cosine_standardized_mean", "cosine_standardized_ci95")
 

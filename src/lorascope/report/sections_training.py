@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lorascope.config.protocol import PRIMARY_METRIC
 from lorascope.report import fmt
 from lorascope.report.blocks import Callout, Heading, Section, Table, Text
 from lorascope.report.common import method_name, needs, study_config
@@ -51,7 +52,7 @@ def _baseline_rows(task: str, b: dict, zero_shot: dict | None) -> tuple[list[str
         m = x.get("metrics") or {}
         details = []
         if x.get("draws"):
-            key = "accuracy" if task == "mrpc" else "f1"
+            key = PRIMARY_METRIC[task]
             d = x["draws"].get(key) or {}
             details.append(f"expected value; {d.get('n_draws')} seeded draws: {key} {fmt.pts(d.get('mean'))} ± "
                            f"{fmt.pts(d.get('sd'))}")

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lorascope.config.protocol import PRIMARY_METRIC
 from lorascope.config.schema import StatsConfig
 from lorascope.errors import StatsInputError
 from lorascope.stats.collect import Training, per_example
@@ -133,7 +134,7 @@ def power_note(task: str, training: Training, cfg: StatsConfig) -> dict:
         out["reference"] = {"accuracy": 85.0, "n_test": MRPC_TEST_N,
                             "ci_halfwidth_points": 100.0 * proportion_ci_halfwidth(0.85, MRPC_TEST_N, cfg.confidence)}
     ft = training.runs.get(REFERENCE, {})
-    metric = "accuracy" if task == "mrpc" else "f1"  # the primary metric (§12)
+    metric = PRIMARY_METRIC[task]
     n_test = _test_n(training)
     if ft and n_test:
         p = float(np.mean([run.test[metric] for run in ft.values() if metric in run.test])) / 100.0

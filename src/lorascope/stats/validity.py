@@ -17,6 +17,7 @@ method, its score, the baseline and its score), "missing" when runs or baselines
 
 from __future__ import annotations
 
+from lorascope.config.protocol import PRIMARY_METRIC
 from lorascope.config.schema import StatsConfig
 from lorascope.errors import StatsInputError
 from lorascope.stats.collect import Training, per_example
@@ -27,7 +28,6 @@ from lorascope.stats.verdict import MISSING, NOT_ASSESSABLE
 FAMILY = "validity"
 ARMS = ("ft", "lora")  # the verdict's arms (lora_qv is an ablation and takes no part in the verdict)
 PER_EXAMPLE_PRIMARY = {"mrpc": "correct", "squad_v2": "f1"}  # predictions_test.jsonl key, a fraction per example
-PRIMARY_NAME = {"mrpc": "accuracy", "squad_v2": "f1"}  # the test metric it averages to (points)
 PASSED = "passed"
 
 
@@ -67,7 +67,7 @@ def gate_tests(task: str, training: Training, baselines: dict | None, cfg: Stats
     tests = []
     for method in ARMS:
         base = {"family": FAMILY, "test": "paired_bootstrap_one_sided", "task": task, "method": method,
-                "comparison": f"{method}-baseline", "level": "validity", "metric": PRIMARY_NAME[task]}
+                "comparison": f"{method}-baseline", "level": "validity", "metric": PRIMARY_METRIC[task]}
         try:
             model, reps = seed_mean_scores(training, method, task)
         except StatsInputError as exc:

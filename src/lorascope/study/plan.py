@@ -16,13 +16,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorascope.config.protocol import OTHER_TASK
 from lorascope.config.schema import StudyConfig
 from lorascope.study.dag import Dag, Job
 from lorascope.study.plan_assumptions import Assumptions
 
 Parts = dict[str, float]  # a job's seconds by part ("steps", "evaluation", ...)
 
-OTHER_TASK = {"mrpc": "squad_v2", "squad_v2": "mrpc"}  # drift's out-of-task probes (drift/analysis.py)
 HEALTH_PROMPTS = 8  # train/collapse.py PROBE_PROMPTS: one forward before training and before each validation
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 MRPC_SECOND_VERBALIZER_TOKENS = 1  # " yes" / " no": one token each with Llama-2's tokenizer (train/evaluate.py)

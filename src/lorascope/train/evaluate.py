@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from lorascope.config.protocol import PRIMARY_METRIC
 from lorascope.data.prompts import MRPC_VERBALIZERS, answer_from_generation, prompt
 from lorascope.data.tokenize import encode_eval_prompt, split_prompt_target
 from lorascope.data.types import MrpcExample, SquadExample
@@ -20,7 +21,7 @@ from lorascope.metrics.classification import mrpc_metrics
 from lorascope.metrics.squad_v2 import evaluate_examples, per_question_scores
 from lorascope.train.loss import unwrap_causal_lm
 
-PRIMARY = {"mrpc": "accuracy", "squad_v2": "f1"}
+PRIMARY = PRIMARY_METRIC  # the selection metric of validation (config/protocol.py)
 
 
 def autocast_ctx(device: torch.device, bf16: bool):

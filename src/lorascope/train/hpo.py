@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from lorascope.config import result_hash
+from lorascope.config.protocol import PRIMARY_METRIC
 from lorascope.config.schema import StudyConfig
 from lorascope.data.load import task_data
 from lorascope.io import atomic_write_json, atomic_write_text
@@ -99,7 +100,7 @@ def run_hpo(cfg: StudyConfig, task: str, method: str, out_dir: Path, *, data_dir
         summary = {
             "task": task,
             "method": method,
-            "metric": "validation " + ("accuracy" if task == "mrpc" else "f1"),
+            "metric": "validation " + PRIMARY_METRIC[task],
             "split_scheme": data.split_scheme,
             "best_lr": best.params["lr"],
             "best_value": best.value,
