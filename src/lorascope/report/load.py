@@ -99,12 +99,13 @@ def _per_method(root: Path, task: str, sub: str, name: str, stage: str, missing:
 def _runs(root: Path, task: str, missing: list[dict], notes: list[str], replicates: list[int] | None) -> list[dict]:
     """The task's selected final runs — the same rule the statistics use (``results.selection``), so the report
     never lists a run the statistics excluded; every other run folder is named in a note."""
-    runs = []
-    for sel in final_runs(root, task, replicates):
+    runs, selected = [], final_runs(root, task, replicates)
+    for sel in selected:
         obj = read_json(root, layout.relative(root, sel["path"] / layout.RESULTS))
         if obj is not None:
             runs.append({**obj, "name": obj.get("name") or sel["name"]})
-    notes += [f"{task}: run {name} left out ({why})" for name, why in excluded_runs(root, task, replicates)]
+    notes += [f"{task}: run {name} left out ({why})"
+              for name, why in excluded_runs(root, task, replicates, selected)]
     if not runs:
         missing.append({"stage": "training", "task": task, "reason": f"{task}/runs/*/results.json not found"})
     return runs

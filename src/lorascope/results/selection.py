@@ -53,17 +53,18 @@ def final_runs(out_dir: str | Path, task: str, replicates: list[int] | None = No
     return runs
 
 
-def excluded_runs(out_dir: str | Path, task: str, replicates: list[int] | None = None) -> list[tuple[str, str]]:
-    """(run folder name, why) of every run folder that is not a selected final run — said, never silently dropped."""
-    chosen = {r["path"] for r in final_runs(out_dir, task, replicates)}
+def excluded_runs(out_dir: str | Path, task: str, replicates: list[int] | None = None,
+                  selected: list[dict] | None = None) -> list[tuple[str, str]]:
+    """(run folder name, why) of every run folder that is not a selected final run — said, never silently dropped.
+    ``selected``: the ``final_runs`` of the same arguments, when the caller has them already."""
+    chosen = {r["path"] for r in (final_runs(out_dir, task, replicates) if selected is None else selected)}
     out = []
     for folder in run_folders(out_dir, task):
         if folder in chosen:
             continue
-        spec = (read_json(folder / layout.RESULTS) or {}).get("run", {}) if is_completed(folder) else {}
         if not is_completed(folder):
             why = "manifest not completed"
-        elif spec.get("hpo"):
+        elif (read_json(folder / layout.RESULTS) or {}).get("run", {}).get("hpo"):
             continue  # HPO trials live under hpo/ in studies; a stray one here is not a final run either
         else:
             why = "not a selected final run (another learning rate or replicate)"

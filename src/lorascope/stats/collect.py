@@ -47,15 +47,11 @@ class Training:
 def load_training(out_dir: Path, task: str, replicates: list[int] | None = None) -> Training:
     """Completed final runs of ``task`` at each method's selected learning rate (``study.selection``: the
     HPO choice, else the lr with the most replicates); runs at other learning rates are noted."""
-    from lorascope.results.selection import final_runs
+    from lorascope.results.selection import excluded_runs, final_runs
 
     result = Training()
     selected = final_runs(out_dir, task, replicates)
-    chosen = {r["path"] for r in selected}
-    for res_path in sorted((out_dir / task / "runs").glob("*/results.json")):
-        if res_path.parent not in chosen:
-            why = "manifest not completed" if not is_completed(res_path.parent) else "not a selected final run"
-            result.notes.append(f"{res_path.parent.name}: {why}, skipped")
+    result.notes += [f"{name}: {why}, skipped" for name, why in excluded_runs(out_dir, task, replicates, selected)]
     for sel in selected:
         res_path = sel["path"] / "results.json"
         res = read_json(res_path)
