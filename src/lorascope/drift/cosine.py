@@ -8,7 +8,7 @@ Raw cosine is dominated by a few "rogue" dimensions of very large magnitude in t
 states (Timkey & van Schijndel 2021, "All bark and no bite"), so we also report it after standardizing
 every dimension with the BASE model's statistics: z = (v − μ_X) / σ_X, applied to both x_i and y_i (μ_X,
 σ_X: per-dimension mean and population sd of X over the n rows). A dimension that is constant in the base
-over the probes (σ_X ≤ ε·rms(σ_X), ε = 1e-6) has no scale: any movement of the tuned model there becomes
+over the probes (σ_X < ε·rms(σ_X), ε = 1e-6) has no scale: any movement of the tuned model there becomes
 a huge standardized value that swamps every other dimension (we saw a standardized cosine of 1.7e-5 next
 to a raw cosine of 0.978). So the standardized cosine is then *undefined*: ``cosine_standardized_*`` are
 None with a ``cosine_standardized_note`` naming how many dimensions are constant — never a silent number.
@@ -54,13 +54,14 @@ def per_example_cosine(X, Y, names: Sequence[str] = ("X", "Y"), offset: int = 0)
     return (_unit_rows(X, names[0], offset) * _unit_rows(Y, names[1], offset)).sum(1)
 
 
-def sd_floor(sd: np.ndarray, eps: float = DEFAULT_EPS, name: str = "X") -> np.ndarray:
-    """σ with entries below ε·rms(σ) raised to it; error if every dimension is constant."""
+def constant_dimensions(sd: np.ndarray, eps: float = DEFAULT_EPS, name: str = "X") -> int:
+    """How many dimensions have σ below ε·rms(σ) — no scale of their own, so standardizing by σ is undefined
+    there; error if every dimension is constant."""
     top = float(np.max(sd))
     rms = top * float(np.sqrt(np.mean((sd / top) ** 2))) if top > 0 else 0.0  # no overflow in sd²
     if rms == 0.0:
         raise SimilarityInputError(f"{name} is constant in every dimension: the base-standardized cosine is undefined")
-    return np.maximum(sd, eps * rms)
+    return int((sd < eps * rms).sum())
 
 
 def t_interval(mean: float, sd: float, n: int, confidence: float = 0.95) -> list[float]:
@@ -112,8 +113,8 @@ class CosineAccumulator:
                 raise SimilarityInputError(f"base_mean and base_sd must have shape ({self.d},)")
             if not (np.isfinite(self._mu).all() and np.isfinite(sd).all() and (sd >= 0).all()):
                 raise SimilarityInputError("base_mean/base_sd must be finite with sd ≥ 0")
-            self._sd = sd_floor(sd, eps, self.names[0])
-            self._constant = int((self._sd > sd).sum())  # dimensions raised to the floor: no scale of their own
+            self._sd = sd
+            self._constant = constant_dimensions(sd, eps, self.names[0])  # > 0: reported as undefined, not computed
         self._raw, self._std, self._base = _Moments(), _Moments(), _Moments()
         self._dev: dict = {}
 
@@ -127,7 +128,7 @@ class CosineAccumulator:
         self._raw.add(_np(per_example_cosine(X, Y, self.names, offset)))
         if self._mu is None:  # pass 1: collect the base statistics for pass 2
             self._base.add(X)
-        else:
+        elif not self._constant:
             if "mu" not in self._dev:  # base statistics in the batches' backend and device
                 self._dev["mu"] = as_matrix(self._mu[None, :], "base_mean", like=X)[0]
                 self._dev["sd"] = as_matrix(self._sd[None, :], "base_sd", like=X)[0]
