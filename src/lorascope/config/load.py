@@ -77,6 +77,16 @@ def _known_fields(model_cls: type, path: list[str]) -> set[str] | None:
     return set(cls.model_fields)
 
 
+def dotted_get(tree: dict, dotted: str) -> Any:
+    """The value at a dotted key of a config tree (``"train.epochs"``), None where the path does not exist."""
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def _apply_override(tree: dict, key: str, value: Any, source: str) -> None:
     parts = key.split(".")
     node = tree

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lorascope.config.load import dotted_get
 from lorascope.config.schema import StudyConfig
 
 # The primary test metric of each task (§5, §12): the validity gate, criterion A, HPO's selection, the report.
@@ -41,15 +42,6 @@ PROTOCOL_VALUES: dict[str, Any] = {"serve.backends": ["vllm", "native", "hf-peft
                                    "drift.max_length": "the training length (data.max_length)"}
 
 
-def _get(tree: dict, dotted: str) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 _MISSING = object()
 
 
@@ -71,12 +63,12 @@ def departures(config: dict | StudyConfig) -> list[dict]:
     default = StudyConfig().model_dump(mode="json")
     out = []
     for key, section in PROTOCOL_KEYS.items():
-        value = _get(tree, key)
-        if not complete and _get(tree, key.rsplit(".", 1)[0]) is None:
+        value = dotted_get(tree, key)
+        if not complete and dotted_get(tree, key.rsplit(".", 1)[0]) is None:
             continue  # a partial config that does not say: not a departure we can claim
-        protocol = PROTOCOL_VALUES.get(key, _get(default, key))
+        protocol = PROTOCOL_VALUES.get(key, dotted_get(default, key))
         if key == "drift.max_length":
-            if value is not None and value < (_get(tree, "data.max_length") or 0):
+            if value is not None and value < (dotted_get(tree, "data.max_length") or 0):
                 out.append({"key": key, "value": value, "protocol": protocol, "section": section})
             continue
         if key == "serve.backends" and value is not None and set(value) == set(protocol):

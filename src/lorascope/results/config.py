@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lorascope.config.load import config_diff, config_from_tree, key_role, parse_overrides
+from lorascope.config.load import config_diff, config_from_tree, dotted_get, key_role, parse_overrides
 from lorascope.config.schema import StudyConfig
 from lorascope.errors import ConfigError
 from lorascope.results.layout import MANIFEST
@@ -76,8 +76,9 @@ def folder_config(results_dir: str | Path, overrides: list[str] | None = None,
     bad = [key for key, _ in parse_overrides(overrides) if key_role(key) == "training"]
     if bad:
         verb = "defines" if len(bad) == 1 else "define"
+        made_with = ", ".join(f"{k} = {_show(dotted_get(recorded, k))}" for k in bad)
         raise ConfigError(f"{', '.join(bad)} {verb} the trained runs of {results_dir}, which were made with "
-                          f"{', '.join(f'{k} = {_show(_get(recorded, k))}' for k in bad)}; a command reading this "
+                          f"{made_with}; a command reading this "
                           "folder may override only analysis settings (drift, serve, stats, seeds.probe, "
                           "seeds.bootstrap, seeds.replicates) and execution keys. Use `lorascope run` with a new "
                           "--out to train other models.")
@@ -89,12 +90,3 @@ def folder_config(results_dir: str | Path, overrides: list[str] | None = None,
                               + "\n  ".join(changed))
         tree = given.model_dump(mode="json")
     return config_from_tree(tree, overrides, f"{results_dir}/{MANIFEST}")
-
-
-def _get(tree: dict, dotted: str):
-    node = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict):
-            return None
-        node = node.get(part)
-    return node
