@@ -32,11 +32,7 @@ from lorascope.weights import (
     weights_reports,
 )
 from tests.conftest import assert_close_to_scale
-
-
-def _orthonormal(n: int, k: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64)).Q
+from tests.weights_cases import W_BASE, N, S, U, V, X, tiny_llama
 
 
 def _diag(values, shape=None) -> torch.Tensor:
@@ -109,12 +105,6 @@ def test_zero_delta_is_defined_never_nan():
 
 # ---------------------------------------------------------------- intruders on synthetic matrices
 
-M, N = 96, 64
-S = 10.0 * 0.9 ** np.arange(N)                      # distinct base singular values 10, 9, 8.1, …
-Q = _orthonormal(M, M, seed=1)
-U, X = Q[:, :N], Q[:, N:]                           # X ⊥ span(U): directions new to W_base
-V = _orthonormal(N, N, seed=2)
-W_BASE = U @ torch.diag(torch.as_tensor(S)) @ V.T
 
 
 def test_perturbation_inside_the_base_singular_directions_has_no_intruders():
@@ -158,16 +148,6 @@ def test_gram_route_matches_the_svd(shape):
 
 # ---------------------------------------------------------------- ΔW of FT and LoRA on a tiny Llama
 
-def _tiny_llama(seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(cfg).eval()
-
-
 LORA_VARIANTS = [dict(r=4, lora_alpha=8),
                  dict(r=4, lora_alpha=16, use_rslora=True, rank_pattern={"q_proj": 2}, alpha_pattern={"down_proj": 3})]
 
@@ -176,7 +156,7 @@ LORA_VARIANTS = [dict(r=4, lora_alpha=8),
 def test_lora_delta_equals_peft_merge_minus_base(tmp_path, variant):
     from peft import LoraConfig, get_peft_model
 
-    base = _tiny_llama(0)
+    base = tiny_llama(0)
     base.save_pretrained(tmp_path / "base", safe_serialization=True)
     base_sd = {k: v.clone() for k, v in base.state_dict().items()}
     with torch.random.fork_rng():
@@ -206,7 +186,7 @@ def test_lora_delta_equals_peft_merge_minus_base(tmp_path, variant):
 
 
 def test_ft_deltas_report_and_apply_transform(tmp_path):
-    base, tuned = _tiny_llama(0), _tiny_llama(0)
+    base, tuned = tiny_llama(0), tiny_llama(0)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, p in tuned.named_parameters():
@@ -231,7 +211,7 @@ def test_ft_deltas_report_and_apply_transform(tmp_path):
     other = [it._replace(base=it.base + 1) for it in items]
     with pytest.raises(ValueError, match="share W_base"):
         weights_reports({"a": items, "b": other})
-    target = _tiny_llama(0)
+    target = tiny_llama(0)
     apply_delta_transform(target, items, None)                       # W_base + ΔW = W_tuned
     assert all(torch.equal(a, b) for a, b in zip(target.state_dict().values(), tuned.state_dict().values()))
     apply_delta_transform(target, items, torch.zeros_like)           # back to W_base

@@ -29,6 +29,7 @@ from lorascope.weights import (
 from lorascope.weights.intruders import refined_top_left, top_left_singular_vectors
 from lorascope.weights.prefetch import Prefetched
 from lorascope.weights.spectra import gram_or_svd_singular_values, left_singular_basis, lowrank_singular_values
+from tests.weights_cases import W_BASE, N, S, V, X, tiny_llama
 
 EPS = torch.finfo(torch.float64).eps
 
@@ -108,12 +109,7 @@ def test_left_singular_basis_matches_the_svd(shape):
 
 # ---------------------------------------------------------------- intruders with the fast basis
 
-M, N = 96, 64
-S = torch.as_tensor(10.0 * 0.9 ** np.arange(N))
-Q = torch.linalg.qr(_randn(M, M, seed=1)).Q
-U, X = Q[:, :N], Q[:, N:]
-V = torch.linalg.qr(_randn(N, N, seed=2)).Q
-W_BASE = U @ torch.diag(S) @ V.T
+# the base matrix and its orthogonal directions: tests/weights_cases.py (as in test_weights.py)
 
 
 @pytest.mark.parametrize("transpose", [False, True], ids=["tall", "wide"])
@@ -167,23 +163,6 @@ def test_gram32_in_a_whole_report_gives_the_reference_decisions(tuned_pair):
 # ---------------------------------------------------------------- whole reports, fast vs reference
 
 
-def _tiny_llama(seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(cfg).eval()
-
-
 @pytest.fixture(scope="module")
 def tuned_pair(tmp_path_factory):
     """(base state dict, FT state dict, LoRA adapter folder): FT = base + rank-2 + dense noise; LoRA with
@@ -191,7 +170,7 @@ def tuned_pair(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
 
     tmp = tmp_path_factory.mktemp("fast")
-    base = _tiny_llama(0)
+    base = tiny_llama(0)
     base_sd = {k: v.clone() for k, v in base.state_dict().items()}
     g = torch.Generator().manual_seed(3)
     ft_sd = dict(base_sd)
@@ -256,7 +235,7 @@ def test_lora_factors_form_the_same_delta_as_lora_deltas(tuned_pair):
 
 def test_transform_from_factors_on_resident_list_equals_the_delta_list(tuned_pair):
     base_sd, _, adapter = tuned_pair
-    ref, got = _tiny_llama(0), _tiny_llama(0)
+    ref, got = tiny_llama(0), tiny_llama(0)
     apply_delta_transform(ref, list(lora_deltas(adapter, base_sd)), magnitude_transform(0.1))
     resident = resident_deltas(lora_factors(adapter, base_sd), "cpu")
     assert all(isinstance(r, ModuleDelta) for r in resident)
