@@ -3,7 +3,11 @@ modules), §10 scenarios × batch 1–16, one table for three engines:
 
 * ``native-fused`` — lorascope's engine, decode projections as ONE Triton kernel each (base + LoRA, no extra launch);
 * ``native-addmm`` — the same engine on the previous path ([W; A] cuBLAS GEMM, mask, ``addmm_``);
-* ``hf-peft`` — transformers ``generate`` + PEFT (the reference users run), as many cells as the time budget allows.
+* ``hf-peft`` — transformers ``generate`` + PEFT (the reference users run), as many cells as the time budget allows;
+* ``vllm`` — vLLM's offline engine (``serve/vllm_backend.py``) on bf16 folders of the same weights (base, and adapter
+  0 merged), LoRA engines with ``max_loras`` = k + 1, CUDA graphs for exactly the batch sizes timed. vLLM exposes
+  log-probabilities, not logits: its gate compares its log-probabilities of its own greedy tokens with the
+  reference's on those tokens (``gate.engine_token_gate``).
 
 Per cell: ≥ ``--requests`` (30) timed requests after one warm-up batch, fixed length (``--new-tokens`` 64, EOS
 ignored), prompts of ``--prompt-len`` (128) tokens; p95 end-to-end latency and p50 TPOT; overheads vs ``merged`` and
@@ -14,13 +18,15 @@ graphs) and must reproduce the reference's greedy tokens exactly (a flip at a re
 such). A failed gate is printed next to the cell's numbers (the cell is still timed: this is a diagnostic run).
 Per-kernel profiles (torch.profiler) of one decode step: merged vs unmerged-1 vs multi-8.
 
-    PYTHONPATH=src python benchmarks/serve_gpu.py [--out DIR] [--budget-s 290] [--tiny]
+    PYTHONPATH=src python benchmarks/serve_gpu.py [--out DIR] [--budget-s 290] [--tiny] [--backends ...]
+    python benchmarks/serve_gpu.py --render run1/serve_gpu.json [run2/serve_gpu.json ...]   # one table of several
 
 Writes ``serve_gpu.json`` (every request, gate, profile, the kernel tuner's log) and ``serve_gpu.md`` to ``--out``
 (default: $OUT). ``--tiny``: a small model, for a CPU smoke test of the script itself.
 
 Bundle (benchmarks/gpu_site.sh, docs/gpu.md): NOT needed — torch, transformers, peft, triton and ``lorascope.serve``
-(which imports no pydantic/optuna/ray).
+(which imports no pydantic/optuna/ray). The ``vllm`` backend needs vLLM on the path: ``benchmarks/vllm_gpu_site.sh``
+(docs/benchmarks.md, "vLLM on the GPU").
 """
 
 from __future__ import annotations
@@ -90,8 +96,8 @@ def build(tiny: bool, device: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if tiny:
-        cfg = LlamaConfig(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=4, vocab_size=512, max_position_embeddings=512)
+        cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                          num_key_value_heads=2, vocab_size=512, max_position_embeddings=512)  # head_dim 64: vLLM CPU
     else:  # princeton-nlp/Sheared-LLaMA-1.3B's shape
         cfg = LlamaConfig(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16,
                           num_key_value_heads=16, vocab_size=32000, max_position_embeddings=4096)
@@ -259,6 +265,77 @@ def run_hf(args, model_bf, dirs, reference, prompts, gate_prompts, device, dtype
             save(args, results)
 
 
+def vllm_folders(model, model_bf, dirs, tmp: Path) -> tuple[Path, Path]:
+    """The bf16 weights and the weights with adapter 0 merged (PEFT's merge in fp32, then bf16) as folders."""
+    from peft import PeftModel
+
+    base, merged = tmp / "vllm-base", tmp / "vllm-merged"
+    model_bf.save_pretrained(base)
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(dirs[0]), is_trainable=False)
+    peft_model.merge_and_unload().to(torch.bfloat16).save_pretrained(merged)
+    return base, merged
+
+
+def run_vllm(args, model, model_bf, dirs, reference, prompts, gate_prompts, dtype, results) -> None:
+    """Every scenario on its own vLLM engine (LoRA engines: ``max_loras`` = k + 1, one slot kept free), each cell
+    gated then timed like the native ones."""
+    from lorascope.serve.vllm_backend import VLLMBackend, vllm_available
+
+    ok, why = vllm_available()
+    if not ok:
+        results["cells"] += [{"backend": "vllm", "scenario": sc, "batch": b, "status": "failed", "reason": why[:500]}
+                             for sc in SCENARIOS for b in BATCHES]
+        return
+    import vllm
+
+    results["vllm_version"] = vllm.__version__
+    base, merged = vllm_folders(model, model_bf, dirs, Path(tempfile.mkdtemp()))
+    extra = {"max_num_seqs": max(BATCHES), "compilation_config": {"cudagraph_capture_sizes": BATCHES}}
+    for scenario in SCENARIOS:
+        k = n_adapters(scenario)
+        if time.perf_counter() - T0 > args.hard_stop_s:
+            results["cells"] += [{"backend": "vllm", "scenario": scenario, "batch": b, "status": "not run",
+                                  "reason": f"past --hard-stop-s {args.hard_stop_s:.0f}"} for b in BATCHES]
+            continue
+        try:
+            t0 = time.perf_counter()
+            eng = VLLMBackend(merged if scenario == "merged" else base, adapter_dirs=[str(d) for d in dirs[:k]],
+                              rank=8, dtype="bfloat16", max_len=args.prompt_len + args.new_tokens + 8,
+                              gpu_memory_utilization=0.3, extra=extra)
+            start_s = time.perf_counter() - t0
+        except Exception as exc:
+            traceback.print_exc()
+            results["cells"] += [{"backend": "vllm", "scenario": scenario, "batch": b, "status": "failed",
+                                  "reason": f"{type(exc).__name__}: {exc}"[:500]} for b in BATCHES]
+            continue
+        for b in BATCHES:
+            cell = {"backend": "vllm", "scenario": scenario, "batch": b, "engine_start_s": start_s,
+                    "adapter_load_s": eng.adapter_load_s}
+            try:
+                cell["gate"] = gate_native(eng, reference, gate_prompts, scenario, b, args.new_tokens, dtype)
+                cell.update(time_cell(eng, scenario, prompts, b, args.new_tokens, args.requests), status="ok")
+            except Exception as exc:
+                traceback.print_exc()
+                cell.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
+            results["cells"].append(cell)
+        log(f"vllm {scenario}: started in {start_s:.1f} s; bf16 gates "
+            f"{[c.get('gate', {}).get('passed') for c in results['cells'][-len(BATCHES):]]}")
+        eng.close()
+        save(args, results)
+
+
+def merge_runs(runs: list[dict]) -> dict:
+    """Several runs' results as one (cells of later runs after earlier ones; each run's environment kept)."""
+    if len(runs) == 1:
+        return runs[0]
+    envs = [f"run {i + 1}: {r.get('environment', 'environment not recorded')}"
+            + (f", vLLM {r['vllm_version']}" if r.get("vllm_version") else "") for i, r in enumerate(runs)]
+    return {**runs[0], "cells": [c for r in runs for c in r["cells"]], "environment": "; ".join(envs),
+            "total_s": sum(r.get("total_s", 0) for r in runs),
+            "tuning": [t for r in runs for t in r.get("tuning") or []],
+            "kernel_check": next((r["kernel_check"] for r in runs if r.get("kernel_check")), None)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true")
@@ -269,10 +346,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=30)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=128)
-    ap.add_argument("--render", type=Path, help="only print the table of an earlier run's serve_gpu.json")
+    ap.add_argument("--render", type=Path, nargs="+",
+                    help="only print the table of earlier runs' serve_gpu.json (several: one table of all)")
     args = ap.parse_args()
     if args.render:
-        print(render(json.loads(args.render.read_text())))
+        print(render(merge_runs([json.loads(p.read_text()) for p in args.render])))
         return
     args.backends = args.backends.split(",")
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -314,6 +392,8 @@ def main() -> None:
     run_native(args, model, model_bf, loras, reference, prompts, gate_prompts, device, dtype, results)
     if "hf-peft" in args.backends:
         run_hf(args, model_bf, dirs, reference, prompts, gate_prompts, device, dtype, results)
+    if "vllm" in args.backends:
+        run_vllm(args, model, model_bf, dirs, reference, prompts, gate_prompts, dtype, results)
     print(save(args, results, final=True), flush=True)
     log(f"done; wrote {args.out}/serve_gpu.md and serve_gpu.json")
 

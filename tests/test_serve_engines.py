@@ -7,12 +7,22 @@ gate must pass a correct engine and catch a deliberately wrong one.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from lorascope.serve.adapters import load_lora, perturbed_copy, random_adapter
 from lorascope.serve.correctness import Reference, check_backend, first_mismatch
-from lorascope.serve.gate import TAU_MAX, TAU_RMS, deviation, gate_cell, teacher_forced_gate
+from lorascope.serve.gate import (
+    TAU_MAX,
+    TAU_RMS,
+    deviation,
+    engine_token_gate,
+    gate_cell,
+    teacher_forced_gate,
+    token_logprobs,
+)
 from lorascope.serve.hf_peft import HFPeftBackend
 from lorascope.serve.native import NativeBackend
 
@@ -119,7 +129,7 @@ def test_bf16_gate_passes_the_engine_and_fails_a_swapped_slot(hf_model, adapters
     wrong = NativeBackend(hf_model, adapters=[loras[1], loras[0], loras[2]], dtype=torch.bfloat16, eos_id=EOS,
                           max_prompt=32, max_new=NEW, decode=decode)
     bad = teacher_forced_gate(wrong, reference, prompts, ids, ids, NEW, torch.bfloat16)
-    assert not bad.passed and bad.reason.startswith("teacher-forced logits, row 0 (adapter 0)")
+    assert not bad.passed and bad.reason.startswith("teacher-forced gate, row 0 (adapter 0)")
     assert bad.worst_rms_ratio > 4 * TAU_RMS and bad.worst_max_ratio > 4 * TAU_MAX  # far outside, not marginal
     assert [r["rms_ratio"] <= TAU_RMS for r in bad.rows] == [False, False, True, True]  # rows 2, 3 unaffected
 
@@ -161,7 +171,7 @@ def test_benchmark_gates_the_timed_bf16_engine(hf_model, adapters, prompts, monk
     assert out["correctness"] == {"native/unmerged-1": "passed", "native/multi-2": "passed"}  # fp32: fine
     assert cells["unmerged-1"]["status"] == "ok" and out["correctness_forced"]["native/unmerged-1/b2"]["passed"]
     assert cells["multi-2"]["status"] == "failed" and not cells["multi-2"]["requests"]
-    assert "teacher-forced logits, row 0 (adapter 0)" in cells["multi-2"]["reason"]
+    assert "teacher-forced gate, row 0 (adapter 0)" in cells["multi-2"]["reason"]
 
 
 def test_hf_peft_mixed_batch_matches_reference(hf_model, adapters, prompts, reference):
@@ -181,6 +191,45 @@ def test_gate_catches_a_swapped_adapter_slot(hf_model, adapters, prompts, refere
     wrong = _native(hf_model, adapters=[loras[1], loras[0], loras[2]])
     reason = check_backend(wrong, reference, prompts, [0, 1, 2, None], [0, 1, 2, None], NEW, False)
     assert reason is not None and reason.startswith("row 0, token ")
+
+
+class _TokenEngine:
+    """An engine that exposes log-probabilities of its own greedy tokens and no logits (as vLLM does), built from
+    a bf16 native engine: decode, then its teacher-forced logits on its own tokens."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def decode_logprobs(self, prompts, adapter_ids, n_new):
+        tokens = self.engine.generate(prompts, adapter_ids, n_new, False).tokens
+        logits = self.engine.forced_logits(prompts, adapter_ids, tokens)
+        return tokens, [token_logprobs(lg, t).tolist() for lg, t in zip(logits, tokens)]
+
+
+def test_token_logprobs_against_a_hand_formula():
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    got = token_logprobs(logits, [2, 1])
+    want = [3.0 - math.log(math.e + math.e ** 2 + math.e ** 3), -math.log(3.0)]  # Python floats: float64
+    assert got.dtype == torch.float64
+    assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=0)  # float64 rounding only
+
+
+def test_engine_token_gate_passes_a_bf16_engine_and_fails_a_swapped_slot(hf_model, adapters, prompts, reference):
+    """The gate of an engine without logits (vLLM): its log-probabilities of its own bf16 greedy tokens vs the
+    fp32 reference teacher-forced on those tokens, relative to bf16 transformers + PEFT."""
+    loras = [load_lora(a) for a in adapters]
+    ids = [0, 1, 2, None]
+    right = _TokenEngine(NativeBackend(hf_model, adapters=loras, dtype=torch.bfloat16, eos_id=EOS, max_prompt=32,
+                                       max_new=NEW))
+    ok = engine_token_gate(right, reference, prompts, ids, ids, NEW, torch.bfloat16)
+    assert ok.passed, ok.reason
+    assert len(ok.rows) == 4 and all(r["scale_rms"] > 0 for r in ok.rows)
+    wrong = _TokenEngine(NativeBackend(hf_model, adapters=[loras[1], loras[0], loras[2]], dtype=torch.bfloat16,
+                                       eos_id=EOS, max_prompt=32, max_new=NEW))
+    bad = gate_cell(wrong, reference, prompts, 3, 4, NEW, torch.bfloat16)  # gate_cell picks the token gate
+    assert not bad.passed and bad.reason.startswith("teacher-forced gate, row 0 (adapter 0)")
+    assert [r["adapter"] for r in bad.rows] == [0, 1, 2, 0]  # round-robin over the 3 resident adapters
+    assert [r["rms_ratio"] <= TAU_RMS for r in bad.rows] == [False, False, True, False]  # adapter 2 unaffected
 
 
 def test_timings_are_ordered_and_natural_mode_stops_at_eos(hf_model, adapters, prompts):

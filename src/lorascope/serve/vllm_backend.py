@@ -5,6 +5,10 @@
 to apply an adapter to rows that asked for none, so one slot stays free. ``merged`` serves a merged model
 folder (written by the caller). Per-request times come from vLLM's request metrics (``disable_log_stats=
 False``): TTFT = ``first_token_latency``, e2e = TTFT + (last − first token timestamps).
+
+vLLM exposes log-probabilities, not logits: ``decode_logprobs`` returns the engine's own log-probability of each
+greedy token it generated (``logprobs=0``, vLLM's default ``raw_logprobs`` mode: log-softmax of the model's
+logits), through the same decode path that is timed — the input of the engine-token gate (``gate.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ class VLLMBackend:
 
     def __init__(self, model_dir: str | Path, *, adapter_dirs: Sequence[str | Path] | None = None, rank: int = 8,
                  dtype: str = "float32", eos_id: int | None = None, max_len: int = 512, seed: int = 0,
-                 enforce_eager: bool = False, gpu_memory_utilization: float | None = None):
+                 enforce_eager: bool = False, gpu_memory_utilization: float | None = None, extra: dict | None = None):
+        """``extra``: further keyword arguments of ``vllm.LLM`` (e.g. ``max_num_seqs``, ``compilation_config``)."""
         ok, why = vllm_available()
         if not ok:
             raise ServeError(why)
@@ -50,6 +55,7 @@ class VLLMBackend:
                       skip_tokenizer_init=True)  # token ids in and out: no tokenizer needed
         if self.adapter_dirs:
             kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=len(self.adapter_dirs) + 1)
+        kwargs.update(extra or {})
         self.llm = LLM(**kwargs)
         self._requests = None
         self.adapter_load_s = self._load_adapters() if self.adapter_dirs else 0.0
@@ -66,13 +72,14 @@ class VLLMBackend:
             self.generate([[1, 2]], [i], 1, False)
         return time.perf_counter() - t0
 
-    def generate(self, prompts: Sequence[Sequence[int]], adapter_ids: Sequence[int | None] | None,
-                 max_new_tokens: int, stop_at_eos: bool) -> Generation:
+    def _run(self, prompts: Sequence[Sequence[int]], adapter_ids: Sequence[int | None] | None, max_new_tokens: int,
+             stop_at_eos: bool, logprobs: int | None = None):
+        """vLLM's outputs for one batch of token-id prompts, rows routed to their adapters; and the wall time."""
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, ignore_eos=not stop_at_eos,
                                 stop_token_ids=[self.eos_id] if stop_at_eos and self.eos_id is not None else None,
-                                detokenize=False)
+                                detokenize=False, logprobs=logprobs)
         inputs = [{"prompt_token_ids": list(p)} for p in prompts]
         lora = None
         if adapter_ids is not None and any(a is not None for a in adapter_ids):
@@ -81,7 +88,20 @@ class VLLMBackend:
             lora = [self._lora(a) if a is not None else None for a in adapter_ids]
         t0 = time.perf_counter()
         outs = self.llm.generate(inputs, params, use_tqdm=False, lora_request=lora)
-        wall = time.perf_counter() - t0
+        return outs, time.perf_counter() - t0
+
+    def decode_logprobs(self, prompts: Sequence[Sequence[int]], adapter_ids: Sequence[int | None] | None,
+                        max_new_tokens: int) -> tuple[list[list[int]], list[list[float]]]:
+        """Greedy decode of ``max_new_tokens`` (EOS ignored) as ONE batch: each row's tokens and the engine's
+        log-probability of each of them, as its sampler computed it on the decode path."""
+        outs, _ = self._run(prompts, adapter_ids, max_new_tokens, False, logprobs=0)
+        tokens = [list(o.outputs[0].token_ids) for o in outs]
+        logprobs = [[step[t].logprob for step, t in zip(o.outputs[0].logprobs, toks)] for o, toks in zip(outs, tokens)]
+        return tokens, logprobs
+
+    def generate(self, prompts: Sequence[Sequence[int]], adapter_ids: Sequence[int | None] | None,
+                 max_new_tokens: int, stop_at_eos: bool) -> Generation:
+        outs, wall = self._run(prompts, adapter_ids, max_new_tokens, stop_at_eos)
         tokens, ttft, e2e = [], [], []
         for o in outs:
             toks = list(o.outputs[0].token_ids)
@@ -101,4 +121,11 @@ class VLLMBackend:
         return Generation(tokens=tokens, ttft_s=ttft, e2e_s=e2e, extra={"wall_s": wall})
 
     def close(self) -> None:
+        """Stop vLLM's engine-core process now (it holds the GPU memory), rather than whenever it is collected."""
+        import gc
+
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
         self.llm = None
+        gc.collect()
