@@ -281,6 +281,9 @@ def run_vllm(args, model, model_bf, dirs, reference, prompts, gate_prompts, dtyp
     gated then timed like the native ones."""
     from lorascope.serve.vllm_backend import VLLMBackend, vllm_available
 
+    # vLLM 0.24 builds its top-k/top-p sampler from FlashInfer unless told not to; greedy decoding needs neither,
+    # and benchmarks/vllm_gpu_site.sh leaves FlashInfer out (set before vLLM's engine process starts: it inherits)
+    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
     ok, why = vllm_available()
     if not ok:
         results["cells"] += [{"backend": "vllm", "scenario": sc, "batch": b, "status": "failed", "reason": why[:500]}

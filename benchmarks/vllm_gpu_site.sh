@@ -10,8 +10,7 @@
 #    Call 2 (same lease: a warm machine keeps /tmp): carry=[".vchunk2"] and start with
 #        cat /tmp/stage/part.* .vchunk2/part.* > /tmp/v.tar.xz && echo "$(cat .vchunk2/SHA256)  /tmp/v.tar.xz" |
 #        sha256sum -c && mkdir -p /tmp/vsite && tar -xJf /tmp/v.tar.xz -C /tmp/vsite && export PYTHONPATH=/tmp/vsite
-# Both folders must be git-ignored (.git/info/exclude: /.vchunk1/ and /.vchunk2/) so that they travel only when
-# carried.
+# Both folders are git-ignored (.gitignore), so they travel only when carried.
 #
 # Which packages: vLLM's Requires-Dist, less what the image has (KINDS.md) and what an offline engine never imports.
 # The list was found by importing the engine's modules (LLM, the v1 engine core and GPU worker, the Llama model,
@@ -21,8 +20,10 @@
 # quack-kernels, tokenspeed-mla, humming-kernels, fastsafetensors, nvidia-cudnn-frontend, mistral_common,
 # lm-format-enforcer, outlines_core, anthropic, mcp, opentelemetry (vLLM imports them only when configured).
 # Pruned from the wheel: FlashAttention 2's kernels (the H200 runs FlashAttention 3's), the MoE kernels, the Rust
-# frontend binary (vllm-rs) and third_party/ (DeepGEMM, SM100 attention): each is imported inside a try or only on
-# request, and the three binaries are 125 MiB of the wheel's 267.
+# frontend binary (vllm-rs) — each imported inside a try or only on request, 125 MiB of the wheel's 267 — and the
+# C++ headers under third_party/. third_party/ itself must stay: vLLM's CUDA platform probe imports its pynvml
+# (without it: "Device string must not be empty"). On the machine, set VLLM_USE_FLASHINFER_SAMPLER=0 (serve_gpu.py
+# does): vLLM 0.24 otherwise builds its top-k/top-p sampler from FlashInfer, which is left out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || command -v python3 )}
@@ -36,7 +37,8 @@ PKGS=(
   python-json-logger==4.2.0 pybase64==1.5.1 cbor2==6.3.0 ijson==3.6.0 setproctitle==1.3.8 openai-harmony==0.0.8
   httpx2==2.16.2 llguidance==1.7.6 xgrammar==0.2.7 apache-tvm-ffi==0.1.9 typing_extensions
 )
-PRUNE=(vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so vllm/_moe_C_stable_libtorch.abi3.so vllm/vllm-rs vllm/third_party)
+PRUNE=(vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so vllm/_moe_C_stable_libtorch.abi3.so vllm/vllm-rs
+       vllm/third_party/fmha_sm100/cutlass vllm/third_party/deep_gemm/include)
 PART_BYTES=57000000  # + the repository's ~2 MB stays under the 64 MiB a call carries
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

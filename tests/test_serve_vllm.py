@@ -56,3 +56,27 @@ def test_vllm_base_engine_without_lora(tiny):
     model_dir, model, adapters, prompts = tiny
     engine = VLLMBackend(model_dir, dtype="float32", eos_id=2, max_len=64, enforce_eager=True)
     assert check_backend(engine, Reference(model, [], eos_id=2), prompts, None, [None] * 3, NEW, True) is None
+
+
+def test_vllm_decode_logprobs_feed_the_engine_token_gate(tiny):
+    """vLLM's log-probabilities of its own greedy tokens equal the reference's teacher-forced ones (fp32: only
+    summation order differs, ≪ 1e-3 of their magnitude), and the gate built on them fails swapped adapters."""
+    from lorascope.serve.correctness import Reference
+    from lorascope.serve.gate import engine_token_gate, token_logprobs
+    from lorascope.serve.vllm_backend import VLLMBackend
+
+    model_dir, model, adapters, prompts = tiny
+    ref = Reference(model, adapters, eos_id=2)
+    engine = VLLMBackend(model_dir, adapter_dirs=adapters, rank=8, dtype="float32", eos_id=2, max_len=64,
+                         enforce_eager=True)
+    ids = [0, 1, None]
+    tokens, logprobs = engine.decode_logprobs(prompts, ids, NEW)
+    for p, a, toks, got in zip(prompts, ids, tokens, logprobs):
+        assert toks == ref.one(p, a, NEW, False)
+        want = token_logprobs(ref.forced(p, a, toks), toks)
+        err = float((torch.tensor(got, dtype=torch.float64) - want).abs().max())
+        assert err <= 1e-3 * (1 + float(want.abs().max()))
+    assert engine_token_gate(engine, ref, prompts, ids, ids, NEW, torch.bfloat16).passed
+    swapped = engine_token_gate(engine, ref, prompts, [1, 0, None], ids, NEW, torch.bfloat16)
+    assert not swapped.passed and swapped.reason.startswith("teacher-forced gate, row 0 (adapter 0)")
+    engine.close()

@@ -70,9 +70,11 @@ def _gate(started: Started, scenario: str, reference: Reference, prompts: list[l
 
 def _forced_gate(started: Started, scenario: str, reference: Reference, prompts: list[list[int]], b: int,
                  new_tokens: int, dtype: torch.dtype) -> dict | None:
-    """Teacher-forced logits of the timed low-precision engine at batch size b (its own graph), or None when
-    the backend cannot return logits (vLLM) or the engine is fp32 (its greedy tokens are the gate)."""
-    if dtype == torch.float32 or not hasattr(started.backend, "forced_logits"):
+    """The teacher-forced gate of the timed low-precision engine at batch size b (its own graph): on logits, or for
+    vLLM on its log-probabilities of its own greedy tokens (``gate.py``); None when the engine is fp32 (its greedy
+    tokens are the gate) or can return neither."""
+    backend = started.backend
+    if dtype == torch.float32 or not (hasattr(backend, "forced_logits") or hasattr(backend, "decode_logprobs")):
         return None
     k = 0 if scenario in ("base", "merged") else adapters_needed(scenario)
     return gate_cell(started.backend, reference, prompts, k, b, new_tokens, dtype,
