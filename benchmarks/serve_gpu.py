@@ -187,6 +187,21 @@ def gate_native(engine, reference, gate_prompts, scenario, b, n_new, dtype) -> d
     return res.summary()
 
 
+def gate_and_time(args, eng, cell: dict, reference, prompts, gate_prompts, dtype, profile: bool = False) -> dict:
+    """Gate the cell's engine at the cell's batch size, then time it (and profile one decode step if asked); a
+    failure is recorded in the cell and the run goes on."""
+    scenario, b = cell["scenario"], cell["batch"]
+    try:
+        cell["gate"] = gate_native(eng, reference, gate_prompts, scenario, b, args.new_tokens, dtype)
+        cell.update(time_cell(eng, scenario, prompts, b, args.new_tokens, args.requests), status="ok")
+        if profile:
+            cell["profile"] = profile_step(eng, [prompts[i] for i in range(b)], row_ids(scenario, 0, b))
+    except Exception as exc:
+        traceback.print_exc()
+        cell.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
+    return cell
+
+
 def run_native(args, model, model_bf, loras, reference, prompts, gate_prompts, device, dtype, results) -> None:
     max_prompt = len(prompts[0])
     for decode in ("fused", "addmm"):
@@ -215,15 +230,8 @@ def run_native(args, model, model_bf, loras, reference, prompts, gate_prompts, d
             for b in BATCHES:
                 cell = {"backend": name, "scenario": scenario, "batch": b, "fp32_gate": fp32,
                         "engine_start_s": start_s, "compile_errors": getattr(eng, "compile_errors", [])}
-                try:
-                    cell["gate"] = gate_native(eng, reference, gate_prompts, scenario, b, args.new_tokens, dtype)
-                    cell.update(time_cell(eng, scenario, prompts, b, args.new_tokens, args.requests), status="ok")
-                    if device == "cuda" and (name, b) in PROFILED and scenario in ("merged", "unmerged-1", "multi-8"):
-                        cell["profile"] = profile_step(eng, [prompts[i] for i in range(b)], row_ids(scenario, 0, b))
-                except Exception as exc:
-                    traceback.print_exc()
-                    cell.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
-                results["cells"].append(cell)
+                profile = device == "cuda" and (name, b) in PROFILED and scenario in ("merged", "unmerged-1", "multi-8")
+                results["cells"].append(gate_and_time(args, eng, cell, reference, prompts, gate_prompts, dtype, profile))
             log(f"{name} {scenario}: fp32 gate {fp32['status']}; bf16 gates "
                 f"{[c.get('gate', {}).get('passed') for c in results['cells'][-len(BATCHES):]]}")
             eng.close()
@@ -293,7 +301,10 @@ def run_vllm(args, model, model_bf, dirs, reference, prompts, gate_prompts, dtyp
 
     results["vllm_version"] = vllm.__version__
     base, merged = vllm_folders(model, model_bf, dirs, Path(tempfile.mkdtemp()))
-    extra = {"max_num_seqs": max(BATCHES), "compilation_config": {"cudagraph_capture_sizes": BATCHES}}
+    # No prefix cache: the same prompts recur across a scenario's cells, and the native engines recompute every
+    # prefill (the run of 2026-11-29 had vLLM's default, caching on: docs/benchmarks.md)
+    extra = {"max_num_seqs": max(BATCHES), "compilation_config": {"cudagraph_capture_sizes": BATCHES},
+             "enable_prefix_caching": False}
     for scenario in SCENARIOS:
         k = n_adapters(scenario)
         if time.perf_counter() - T0 > args.hard_stop_s:
@@ -314,13 +325,7 @@ def run_vllm(args, model, model_bf, dirs, reference, prompts, gate_prompts, dtyp
         for b in BATCHES:
             cell = {"backend": "vllm", "scenario": scenario, "batch": b, "engine_start_s": start_s,
                     "adapter_load_s": eng.adapter_load_s}
-            try:
-                cell["gate"] = gate_native(eng, reference, gate_prompts, scenario, b, args.new_tokens, dtype)
-                cell.update(time_cell(eng, scenario, prompts, b, args.new_tokens, args.requests), status="ok")
-            except Exception as exc:
-                traceback.print_exc()
-                cell.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
-            results["cells"].append(cell)
+            results["cells"].append(gate_and_time(args, eng, cell, reference, prompts, gate_prompts, dtype))
         log(f"vllm {scenario}: started in {start_s:.1f} s; bf16 gates "
             f"{[c.get('gate', {}).get('passed') for c in results['cells'][-len(BATCHES):]]}")
         eng.close()

@@ -133,6 +133,39 @@ def _gate_text(cell: dict) -> str:
     return "; ".join(parts) or "—"
 
 
+SCENARIO_ORDER = ("base", "merged", "unmerged-1", "multi-2", "multi-4", "multi-8")
+
+
+def tpot_table(ok: dict, backends: list[str], batches: list[int]) -> list[str]:
+    """Median time per output token (ms) of every timed cell, engine × scenario × batch ("—": not timed)."""
+    lines = ["", "## Median time per output token, ms", "", "| engine | scenario | " + " | ".join(
+        f"b={b}" for b in batches) + " |", "|---|---|" + "---:|" * len(batches)]
+    for be in backends:
+        for sc in SCENARIO_ORDER:
+            row = [f"{tpot(ok[(be, sc, b)]) * 1e3:.2f}" if (be, sc, b) in ok else "—" for b in batches]
+            if any(x != "—" for x in row):
+                lines.append(f"| {be} | {sc} | " + " | ".join(row) + " |")
+    return lines
+
+
+def overhead_ranges(ok: dict, backends: list[str], batches: list[int]) -> list[str]:
+    """Per engine and LoRA scenario, the range over batch sizes of the p95 and median-TPOT overheads vs merged."""
+    lines = ["", "## Overheads over merged (same engine), ranges over the batch sizes timed", "",
+             "| engine | scenario | batch sizes | p95 end-to-end | median TPOT |", "|---|---|---|---|---|"]
+    for be in backends:
+        for sc in SCENARIO_ORDER[2:]:
+            pairs = [(b, ok[(be, sc, b)], ok[(be, "merged", b)]) for b in batches
+                     if (be, sc, b) in ok and (be, "merged", b) in ok]
+            if not pairs:
+                continue
+            e2e = [overhead(c, m)[0] for _, c, m in pairs]
+            tp = [overhead(c, m, key="tpot_s", q=50)[0] for _, c, m in pairs]
+            sizes = ", ".join(str(b) for b, _, _ in pairs)
+            lines.append(f"| {be} | {sc} | {sizes} | {min(e2e):+.1%} to {max(e2e):+.1%} | "
+                         f"{min(tp):+.1%} to {max(tp):+.1%} |")
+    return lines
+
+
 def render(results: dict) -> str:
     cells = {(c["backend"], c["scenario"], c["batch"]): c for c in results["cells"]}
     ok = {k: c for k, c in cells.items() if c.get("status") == "ok"}
@@ -167,6 +200,7 @@ def render(results: dict) -> str:
             lines.append(f"| {be} | {sc} | " + " | ".join(row) + " |")
     lines += ["", "Aim of the native engine (unmerged-1 ≤ +5%, multi-k ≤ +10% over merged at every batch size): " + "; ".join(
         f"{be} {sc}: {'met' if all(v) and len(v) == len(batches) else 'NOT met'}" for (be, sc), v in aims.items())]
+    lines += tpot_table(ok, backends, batches) + overhead_ranges(ok, backends, batches)
     lines += ["", "## Every cell", "", "| backend | scenario | batch | n | p95 e2e ms | p50 TPOT ms | tok/s | "
               "p95 vs merged | p95 vs base | TPOT vs merged | gate (bf16 teacher-forced; fp32 tokens) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]

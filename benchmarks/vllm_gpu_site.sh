@@ -35,29 +35,36 @@ PKGS=(
   jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 pyzmq==27.3.0
   msgspec==0.23.0 compressed-tensors==0.17.0 depyf==0.20.0 astor==0.8.1 dill==0.4.1 watchfiles==1.3.0
   python-json-logger==4.2.0 pybase64==1.5.1 cbor2==6.3.0 ijson==3.6.0 setproctitle==1.3.8 openai-harmony==0.0.8
-  httpx2==2.16.2 llguidance==1.7.6 xgrammar==0.2.7 apache-tvm-ffi==0.1.9 typing_extensions
+  httpx2==2.16.2 llguidance==1.7.6 xgrammar==0.2.7 apache-tvm-ffi==0.1.9
+  typing_extensions==4.16.0  # newer than the image's, for pydantic 2.14; it shadows the image's on PYTHONPATH
 )
 PRUNE=(vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so vllm/_moe_C_stable_libtorch.abi3.so vllm/vllm-rs
        vllm/third_party/fmha_sm100/cutlass vllm/third_party/deep_gemm/include)
-PART_BYTES=57000000  # + the repository's ~2 MB stays under the 64 MiB a call carries
+PART_BYTES=60000000  # 57.2 MiB: with the repository (~3 MiB) under the 64 MiB a call carries
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 plat=()
 for n in 17 24 27 28 31 34 35 38 39; do plat+=(--platform "manylinux_2_${n}_x86_64"); done
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" \
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$work/whl" "${PKGS[@]}"
-mkdir -p "$work/site"
-for w in "$work"/whl/*.whl; do
-  "$PY" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$w" "$work/site"
-done
+# pip (not a plain unzip) so that *.data/ folders land where they belong and file modes are kept
+"$PY" -m pip install -q --no-deps --no-compile --only-binary=:all: --python-version 3.12 --implementation cp \
+  "${plat[@]}" --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --target "$work/site" "$work"/whl/*.whl
 for p in "${PRUNE[@]}"; do rm -rf "${work:?}/site/$p"; done
 find "$work/site" -name __pycache__ -prune -exec rm -rf {} +
 chmod -R u+rwX,go+rX "$work/site"
 XZ_OPT=${XZ_OPT:--6 -T0} tar -C "$work/site" -cJf "$work/vsite.tar.xz" .
 rm -rf .vchunk1 .vchunk2
 mkdir -p .vchunk1 .vchunk2
+size=$(stat -c %s "$work/vsite.tar.xz")
+if [ "$size" -gt $((2 * PART_BYTES)) ]; then
+  echo "vllm_gpu_site.sh: the archive is $size bytes, more than two calls carry ($((2 * PART_BYTES)))" >&2
+  exit 1
+fi
 split -b "$PART_BYTES" -d "$work/vsite.tar.xz" "$work/part."
 mv "$work/part.00" .vchunk1/
-mv "$work"/part.0[1-9] .vchunk2/
+shopt -s nullglob
+rest=("$work"/part.0[1-9])
+[ ${#rest[@]} -eq 0 ] || mv "${rest[@]}" .vchunk2/
 sha256sum "$work/vsite.tar.xz" | cut -c1-64 > .vchunk2/SHA256
 ls -l .vchunk1 .vchunk2

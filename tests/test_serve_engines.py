@@ -232,6 +232,39 @@ def test_engine_token_gate_passes_a_bf16_engine_and_fails_a_swapped_slot(hf_mode
     assert [r["rms_ratio"] <= TAU_RMS for r in bad.rows] == [False, False, True, False]  # adapter 2 unaffected
 
 
+class _CertainReference:
+    """A reference whose model is all but certain of token 0 at every position, identically in fp32 and bf16."""
+
+    def forced(self, prompt, adapter, tokens, dtype=torch.float32):
+        logits = torch.zeros(len(tokens), 5)
+        logits[:, 0] = 30.0
+        return logits
+
+
+class _FixedEngine:
+    def __init__(self, tokens, logprobs):
+        self.tokens, self.logprobs = tokens, logprobs
+
+    def decode_logprobs(self, prompts, adapter_ids, n_new):
+        return self.tokens, self.logprobs
+
+
+def test_engine_token_gate_floors_its_scale_at_fp32_rounding_and_checks_lengths():
+    """With p ≈ 1 everywhere, bf16 transformers + PEFT deviates by ~0; an engine whose fp32 log-softmax differs
+    by a few ulps (here 1e-7 absolute, on logits of 30) must still pass, and one off by 0.5 must fail."""
+    from lorascope.serve.types import ServeError
+
+    ref, n = _CertainReference(), 4
+    exact = float(token_logprobs(ref.forced([1], None, [0] * n), [0] * n)[0])
+    ok = engine_token_gate(_FixedEngine([[0] * n], [[exact + 1e-7] * n]), ref, [[1]], None, [None], n, torch.bfloat16)
+    assert ok.passed, ok.reason
+    bad = engine_token_gate(_FixedEngine([[0] * n], [[exact - 0.5] * n]), ref, [[1]], None, [None], n, torch.bfloat16)
+    assert not bad.passed
+    with pytest.raises(ServeError, match="returned"):
+        engine_token_gate(_FixedEngine([[0] * (n - 1)], [[exact] * (n - 1)]), ref, [[1]], None, [None], n,
+                          torch.bfloat16)
+
+
 def test_timings_are_ordered_and_natural_mode_stops_at_eos(hf_model, adapters, prompts):
     engine = _native(hf_model, adapters=[load_lora(adapters[0])])
     gen = engine.generate(prompts, [0, 0, None, 0], NEW, True)

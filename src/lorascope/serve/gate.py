@@ -35,8 +35,15 @@ from typing import Sequence
 import torch
 
 from lorascope.serve.correctness import Reference
+from lorascope.serve.types import ServeError
 
 TAU_RMS, TAU_MAX = 2.0, 3.0
+# The engine's log-probabilities come from an fp32 log-softmax (vLLM's "raw_logprobs"): they carry rounding of a
+# few fp32 ulps of the logits' magnitude, 2⁻²⁴ ≈ 6e-8 relative, whatever the bf16 scale model does. Where the
+# model is all but certain (p ≈ 1 at every position), bf16's own deviation of log p shrinks like (1 − p) · δ and
+# could fall below that: the scale is floored at 16 such ulps (2⁻²⁰ × (1 + max |logit|)) so that fp32 rounding
+# alone can never fail a correct engine.
+FP32_LOGPROB_FLOOR = 2.0 ** -20
 
 
 @dataclass
@@ -104,13 +111,19 @@ def engine_token_gate(backend, reference: Reference, prompts: Sequence[Sequence[
     """The gate of an engine with ``decode_logprobs`` (no logits): its log-probabilities of its own greedy tokens
     against the reference's, teacher-forced on those tokens, relative to bf16 transformers + PEFT."""
     tokens, got = backend.decode_logprobs(prompts, engine_ids, n_new)
+    if len(tokens) != len(prompts) or any(len(t) != n_new or len(g) != n_new for t, g in zip(tokens, got)):
+        raise ServeError(f"the engine returned {[len(t) for t in tokens]} tokens and {[len(g) for g in got]} "
+                         f"log-probabilities for {len(prompts)} rows of {n_new}")
     rows = []
     for i, (p, a, toks) in enumerate(zip(prompts, reference_ids, tokens)):
-        want = token_logprobs(reference.forced(p, a, toks), toks)
-        rms, mx = deviation(torch.tensor(got[i], dtype=torch.float64), want.cpu())
-        s_rms, s_max = deviation(token_logprobs(reference.forced(p, a, toks, dtype), toks).cpu(), want.cpu())
+        logits = reference.forced(p, a, toks)
+        want = token_logprobs(logits, toks).cpu()
+        rms, mx = deviation(torch.tensor(got[i], dtype=torch.float64), want)
+        s_rms, s_max = deviation(token_logprobs(reference.forced(p, a, toks, dtype), toks).cpu(), want)
+        floor = FP32_LOGPROB_FLOOR * (1.0 + float(logits.abs().max()))
+        s_rms, s_max = max(s_rms, floor), max(s_max, floor)
         rows.append({"row": i, "adapter": a, "rms": rms, "max": mx, "scale_rms": s_rms, "scale_max": s_max,
-                     "rms_ratio": rms / max(s_rms, 1e-30), "max_ratio": mx / max(s_max, 1e-30)})
+                     "rms_ratio": rms / s_rms, "max_ratio": mx / s_max})
     return GateResult.from_rows(rows)
 
 

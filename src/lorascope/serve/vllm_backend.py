@@ -58,7 +58,11 @@ class VLLMBackend:
         kwargs.update(extra or {})
         self.llm = LLM(**kwargs)
         self._requests = None
-        self.adapter_load_s = self._load_adapters() if self.adapter_dirs else 0.0
+        try:
+            self.adapter_load_s = self._load_adapters() if self.adapter_dirs else 0.0
+        except BaseException:
+            self.close()  # the engine process holds the GPU: stop it before the error leaves
+            raise
 
     def _lora(self, i: int):
         from vllm.lora.request import LoRARequest
@@ -96,8 +100,9 @@ class VLLMBackend:
         log-probability of each of them, as its sampler computed it on the decode path."""
         outs, _ = self._run(prompts, adapter_ids, max_new_tokens, False, logprobs=0)
         tokens = [list(o.outputs[0].token_ids) for o in outs]
-        logprobs = [[step[t].logprob for step, t in zip(o.outputs[0].logprobs, toks)] for o, toks in zip(outs, tokens)]
-        return tokens, logprobs
+        logprobs = [[step[t].logprob for step, t in zip(o.outputs[0].logprobs or [], toks)]
+                    for o, toks in zip(outs, tokens)]
+        return tokens, logprobs  # lengths are the caller's to check (gate.engine_token_gate does)
 
     def generate(self, prompts: Sequence[Sequence[int]], adapter_ids: Sequence[int | None] | None,
                  max_new_tokens: int, stop_at_eos: bool) -> Generation:
