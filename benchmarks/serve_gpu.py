@@ -208,10 +208,10 @@ def run_native(args, model, model_bf, loras, reference, prompts, gate_prompts, d
         name = f"native-{decode}"
         if name not in args.backends:
             continue
-        for scenario in SCENARIOS:
+        for scenario in args.scenarios:
             if time.perf_counter() - T0 > args.hard_stop_s:
                 results["cells"] += [{"backend": name, "scenario": scenario, "batch": b, "status": "not run",
-                                      "reason": f"past --hard-stop-s {args.hard_stop_s:.0f}"} for b in BATCHES]
+                                      "reason": f"past --hard-stop-s {args.hard_stop_s:.0f}"} for b in args.batches]
                 continue
             try:
                 eng32 = native(model, scenario, loras, torch.float32, device, decode, max_prompt, args.new_tokens)
@@ -223,17 +223,17 @@ def run_native(args, model, model_bf, loras, reference, prompts, gate_prompts, d
                 start_s = time.perf_counter() - t_start
             except Exception as exc:  # a variant that fails to build or compile is reported; the rest runs
                 traceback.print_exc()
-                for b in BATCHES:
+                for b in args.batches:
                     results["cells"].append({"backend": name, "scenario": scenario, "batch": b, "status": "failed",
                                              "reason": f"{type(exc).__name__}: {exc}"[:500]})
                 continue
-            for b in BATCHES:
+            for b in args.batches:
                 cell = {"backend": name, "scenario": scenario, "batch": b, "fp32_gate": fp32,
                         "engine_start_s": start_s, "compile_errors": getattr(eng, "compile_errors", [])}
                 profile = device == "cuda" and (name, b) in PROFILED and scenario in ("merged", "unmerged-1", "multi-8")
                 results["cells"].append(gate_and_time(args, eng, cell, reference, prompts, gate_prompts, dtype, profile))
             log(f"{name} {scenario}: fp32 gate {fp32['status']}; bf16 gates "
-                f"{[c.get('gate', {}).get('passed') for c in results['cells'][-len(BATCHES):]]}")
+                f"{[c.get('gate', {}).get('passed') for c in results['cells'][-len(args.batches):]]}")
             eng.close()
             del eng
             torch.cuda.empty_cache() if device == "cuda" else None
@@ -243,9 +243,9 @@ def run_native(args, model, model_bf, loras, reference, prompts, gate_prompts, d
 def run_hf(args, model_bf, dirs, reference, prompts, gate_prompts, device, dtype, results) -> None:
     """Cells in order of cost (large batches first: fewer sequential requests), while the budget lasts; a cell
     starts only if its warm-up batch × its number of batches fits in the remaining time."""
-    order = ["merged", "unmerged-1", "multi-8", "base", "multi-2", "multi-4"]
+    order = [s for s in ["merged", "unmerged-1", "multi-8", "base", "multi-2", "multi-4"] if s in args.scenarios]
     engines = {}
-    for b in sorted(BATCHES, reverse=True):
+    for b in sorted(args.batches, reverse=True):
         for scenario in order:
             left = args.budget_s - (time.perf_counter() - T0)
             cell = {"backend": "hf-peft", "scenario": scenario, "batch": b}
@@ -295,7 +295,7 @@ def run_vllm(args, model, model_bf, dirs, reference, prompts, gate_prompts, dtyp
     ok, why = vllm_available()
     if not ok:
         results["cells"] += [{"backend": "vllm", "scenario": sc, "batch": b, "status": "failed", "reason": why[:500]}
-                             for sc in SCENARIOS for b in BATCHES]
+                             for sc in args.scenarios for b in args.batches]
         return
     import vllm
 
@@ -303,13 +303,13 @@ def run_vllm(args, model, model_bf, dirs, reference, prompts, gate_prompts, dtyp
     base, merged = vllm_folders(model, model_bf, dirs, Path(tempfile.mkdtemp()))
     # No prefix cache: the same prompts recur across a scenario's cells, and the native engines recompute every
     # prefill (the run of 2026-11-29 had vLLM's default, caching on: docs/benchmarks.md)
-    extra = {"max_num_seqs": max(BATCHES), "compilation_config": {"cudagraph_capture_sizes": BATCHES},
+    extra = {"max_num_seqs": max(args.batches), "compilation_config": {"cudagraph_capture_sizes": args.batches},
              "enable_prefix_caching": False}
-    for scenario in SCENARIOS:
+    for scenario in args.scenarios:
         k = n_adapters(scenario)
         if time.perf_counter() - T0 > args.hard_stop_s:
             results["cells"] += [{"backend": "vllm", "scenario": scenario, "batch": b, "status": "not run",
-                                  "reason": f"past --hard-stop-s {args.hard_stop_s:.0f}"} for b in BATCHES]
+                                  "reason": f"past --hard-stop-s {args.hard_stop_s:.0f}"} for b in args.batches]
             continue
         try:
             t0 = time.perf_counter()
@@ -320,14 +320,14 @@ def run_vllm(args, model, model_bf, dirs, reference, prompts, gate_prompts, dtyp
         except Exception as exc:
             traceback.print_exc()
             results["cells"] += [{"backend": "vllm", "scenario": scenario, "batch": b, "status": "failed",
-                                  "reason": f"{type(exc).__name__}: {exc}"[:500]} for b in BATCHES]
+                                  "reason": f"{type(exc).__name__}: {exc}"[:500]} for b in args.batches]
             continue
-        for b in BATCHES:
+        for b in args.batches:
             cell = {"backend": "vllm", "scenario": scenario, "batch": b, "engine_start_s": start_s,
                     "adapter_load_s": eng.adapter_load_s}
             results["cells"].append(gate_and_time(args, eng, cell, reference, prompts, gate_prompts, dtype))
         log(f"vllm {scenario}: started in {start_s:.1f} s; bf16 gates "
-            f"{[c.get('gate', {}).get('passed') for c in results['cells'][-len(BATCHES):]]}")
+            f"{[c.get('gate', {}).get('passed') for c in results['cells'][-len(args.batches):]]}")
         eng.close()
         save(args, results)
 
@@ -354,6 +354,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=30)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="a subset, e.g. to fill cells a run missed")
+    ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
     ap.add_argument("--render", type=Path, nargs="+",
                     help="only print the table of earlier runs' serve_gpu.json (several: one table of all)")
     args = ap.parse_args()
@@ -361,6 +363,12 @@ def main() -> None:
         print(render(merge_runs([json.loads(p.read_text()) for p in args.render])))
         return
     args.backends = args.backends.split(",")
+    args.scenarios = [sc for sc in args.scenarios.split(",") if sc]
+    args.batches = sorted(int(b) for b in args.batches.split(",") if b)
+    unknown = sorted(set(args.scenarios) - set(SCENARIOS))
+    if unknown or not args.scenarios or not args.batches:
+        ap.error(f"--scenarios takes some of {', '.join(SCENARIOS)} (got {', '.join(unknown) or 'none'}); "
+                 "--batches at least one size")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16
     cfg, model = build(args.tiny, device)
