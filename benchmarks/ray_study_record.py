@@ -43,22 +43,8 @@ def manifests(study: Path) -> dict[str, dict]:
     return out
 
 
-def step_lines(path: Path) -> list[dict]:
-    """The optimizer-step records of a metrics.jsonl (validation and event lines carry no ``grad_norm``)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if "grad_norm" in rec:
-            rows.append(rec)
-    return rows
-
-
-def _events(path: Path) -> list[dict]:
+def _records(path: Path) -> list[dict]:
+    """Every parseable JSON line of a metrics.jsonl (none when the file is absent; a torn last line is skipped)."""
     if not path.is_file():
         return []
     out = []
@@ -67,7 +53,16 @@ def _events(path: Path) -> list[dict]:
             out.append(json.loads(line))
         except ValueError:
             continue
-    return [r for r in out if "event" in r]
+    return out
+
+
+def step_lines(path: Path) -> list[dict]:
+    """The optimizer-step records of a metrics.jsonl (validation and event lines carry no ``grad_norm``)."""
+    return [r for r in _records(path) if "grad_norm" in r]
+
+
+def _events(path: Path) -> list[dict]:
+    return [r for r in _records(path) if "event" in r]
 
 
 def run_folders(study: Path, job: dict) -> list[Path]:

@@ -25,6 +25,20 @@ SMALL = ["data.subsample_by_task={}", "data.subsample={train: 40, validation: 12
          "train.max_steps=4", "train.evals_per_epoch=2", "train.eval_batch_size=12", "data.tasks=[mrpc]"]
 
 
+TRAIN_CLI = [sys.executable, "-m", "lorascope.cli.main", "train"]
+
+
+def _one_thread() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _cli_lora_args(lr: str, data_dir, model_dir, *extra: str) -> list[str]:
+    """`lorascope train` arguments of a small MRPC LoRA run on the demo config (SMALL less its step, eval and task
+    caps), then ``extra``; the task list comes last, as before."""
+    return ["--task", "mrpc", "--method", "lora", "--lr", lr, "--config", str(REPO / "configs" / "demo.yaml"),
+            f"data.data_dir={data_dir}", f"model.name_or_path={model_dir}", *SMALL[:-3], *extra, "data.tasks=[mrpc]"]
+
+
 @pytest.fixture(scope="module")
 def cfg(data_dir, model_dir):
     return load_config(
@@ -110,29 +124,8 @@ def test_nan_loss_fails_the_run_and_records_nothing(cfg, tmp_path):
 def test_collapse_without_nan_fails_the_run(cfg, tmp_path, data_dir, model_dir):
     """Issue 13: lr 1e6 for 2 steps gave every test example the uniform distribution (−ln 512 per token), no NaN,
     and a "completed" run with 38.54 accuracy. The run must fail as diverged, with diagnostics, and record nothing."""
-    args = [
-        "--task",
-        "mrpc",
-        "--method",
-        "lora",
-        "--lr",
-        "1e6",
-        "--config",
-        str(REPO / "configs" / "demo.yaml"),
-        f"data.data_dir={data_dir}",
-        f"model.name_or_path={model_dir}",
-        *SMALL[:-3],
-        "train.max_steps=2",
-        "data.tasks=[mrpc]",
-        "--out",
-        str(tmp_path / "c"),
-    ]
-    res = subprocess.run(
-        [sys.executable, "-m", "lorascope.cli.main", "train", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    args = _cli_lora_args("1e6", data_dir, model_dir, "train.max_steps=2") + ["--out", str(tmp_path / "c")]
+    res = subprocess.run(TRAIN_CLI + args, capture_output=True, text=True, env=_one_thread())
     assert res.returncode != 0 and "diverged" in res.stderr
     failed = json.loads((tmp_path / "c" / "failed.json").read_text())
     assert "uniform" in failed["reason"] or "ignores its input" in failed["reason"] or "exceeds" in failed["reason"]
@@ -174,26 +167,9 @@ def test_collapse_checks_by_hand(model_dir, tokenizer):
 
 
 def test_kill_and_resume_gives_identical_weights(cfg, tmp_path, data_dir, model_dir):
-    args = [
-        "--task",
-        "mrpc",
-        "--method",
-        "lora",
-        "--lr",
-        "5e-3",
-        "--config",
-        str(REPO / "configs" / "demo.yaml"),
-        f"data.data_dir={data_dir}",
-        f"model.name_or_path={model_dir}",
-        *SMALL[:-3],
-        "train.max_steps=14",
-        "train.epochs={mrpc: 3}",
-        "train.checkpoint_every=2",
-        "train.evals_per_epoch=1",
-        "data.tasks=[mrpc]",
-    ]
-    cmd = [sys.executable, "-m", "lorascope.cli.main", "train"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = _cli_lora_args("5e-3", data_dir, model_dir, "train.max_steps=14", "train.epochs={mrpc: 3}",
+                          "train.checkpoint_every=2", "train.evals_per_epoch=1")
+    cmd, env = TRAIN_CLI, _one_thread()
     ref = subprocess.run(cmd + ["--out", str(tmp_path / "ref"), *args], env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-2000:]
     out = tmp_path / "killed"
