@@ -53,9 +53,9 @@ from lorascope.serve.correctness import Reference  # noqa: E402
 from lorascope.serve.gate import gate_cell  # noqa: E402
 from lorascope.serve.hf_peft import HFPeftBackend  # noqa: E402
 from lorascope.serve.native import NativeBackend  # noqa: E402
-from serve_gpu_report import environment, profile_step, render  # noqa: E402
+from serve_gpu_report import SCENARIO_ORDER, environment, profile_step, render  # noqa: E402
 
-SCENARIOS = ["base", "merged", "unmerged-1", "multi-2", "multi-4", "multi-8"]
+SCENARIOS = list(SCENARIO_ORDER)
 BATCHES = [1, 2, 4, 8, 16]
 PROFILED = {("native-fused", 1), ("native-fused", 16), ("native-addmm", 16)}  # × merged, unmerged-1, multi-8
 T0 = time.perf_counter()

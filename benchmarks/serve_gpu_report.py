@@ -180,7 +180,7 @@ def render(results: dict) -> str:
               "|---|---|" + "---|" * len(batches)]
     aims = {}
     for be in backends:
-        for sc in ("base", "merged", "unmerged-1", "multi-2", "multi-4", "multi-8"):
+        for sc in SCENARIO_ORDER:
             row = []
             for b in batches:
                 c, m = ok.get((be, sc, b)), ok.get((be, "merged", b))

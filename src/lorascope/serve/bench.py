@@ -77,7 +77,7 @@ def _forced_gate(started: Started, scenario: str, reference: Reference, prompts:
     if dtype == torch.float32 or not (hasattr(backend, "forced_logits") or hasattr(backend, "decode_logprobs")):
         return None
     k = 0 if scenario in ("base", "merged") else adapters_needed(scenario)
-    return gate_cell(started.backend, reference, prompts, k, b, new_tokens, dtype,
+    return gate_cell(backend, reference, prompts, k, b, new_tokens, dtype,
                      merged=scenario == "merged").summary()
 
 

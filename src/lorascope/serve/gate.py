@@ -82,6 +82,13 @@ def deviation(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
     return float(diff.pow(2).mean().sqrt()), float(diff.abs().max())
 
 
+def _row(i: int, adapter: int | None, dev: tuple[float, float], scale: tuple[float, float]) -> dict:
+    """One gated row: the engine's (rms, max) deviation from fp32 over the bf16 scale's (rms, max)."""
+    (rms, mx), (s_rms, s_max) = dev, scale
+    return {"row": i, "adapter": adapter, "rms": rms, "max": mx, "scale_rms": s_rms, "scale_max": s_max,
+            "rms_ratio": rms / max(s_rms, 1e-30), "max_ratio": mx / max(s_max, 1e-30)}
+
+
 def teacher_forced_gate(backend, reference: Reference, prompts: Sequence[Sequence[int]],
                         engine_ids: Sequence[int | None] | None, reference_ids: Sequence[int | None], n_new: int,
                         dtype: torch.dtype) -> GateResult:
@@ -92,10 +99,7 @@ def teacher_forced_gate(backend, reference: Reference, prompts: Sequence[Sequenc
     rows = []
     for i, (p, a, toks) in enumerate(zip(prompts, reference_ids, forced)):
         want = reference.forced(p, a, toks)
-        rms, mx = deviation(got[i], want)
-        s_rms, s_max = deviation(reference.forced(p, a, toks, dtype), want)
-        rows.append({"row": i, "adapter": a, "rms": rms, "max": mx, "scale_rms": s_rms, "scale_max": s_max,
-                     "rms_ratio": rms / max(s_rms, 1e-30), "max_ratio": mx / max(s_max, 1e-30)})
+        rows.append(_row(i, a, deviation(got[i], want), deviation(reference.forced(p, a, toks, dtype), want)))
     return GateResult.from_rows(rows)
 
 
@@ -118,12 +122,10 @@ def engine_token_gate(backend, reference: Reference, prompts: Sequence[Sequence[
     for i, (p, a, toks) in enumerate(zip(prompts, reference_ids, tokens)):
         logits = reference.forced(p, a, toks)
         want = token_logprobs(logits, toks).cpu()
-        rms, mx = deviation(torch.tensor(got[i], dtype=torch.float64), want)
         s_rms, s_max = deviation(token_logprobs(reference.forced(p, a, toks, dtype), toks).cpu(), want)
         floor = FP32_LOGPROB_FLOOR * (1.0 + float(logits.abs().max()))
-        s_rms, s_max = max(s_rms, floor), max(s_max, floor)
-        rows.append({"row": i, "adapter": a, "rms": rms, "max": mx, "scale_rms": s_rms, "scale_max": s_max,
-                     "rms_ratio": rms / s_rms, "max_ratio": mx / s_max})
+        rows.append(_row(i, a, deviation(torch.tensor(got[i], dtype=torch.float64), want),
+                         (max(s_rms, floor), max(s_max, floor))))
     return GateResult.from_rows(rows)
 
 
@@ -134,12 +136,12 @@ def gate_cell(backend, reference: Reference, prompts: Sequence[Sequence[int]], k
     every resident adapter is checked (multi-8 at batch 1: eight batches). ``merged``: an engine without
     adapters whose reference is adapter 0."""
     n_rows = -(-max(batch, k, 1) // batch) * batch
+    gate = teacher_forced_gate if hasattr(backend, "forced_logits") else engine_token_gate
     rows: list[dict] = []
     for start in range(0, n_rows, batch):
         chunk = [prompts[g % len(prompts)] for g in range(start, start + batch)]
         ids = [g % k for g in range(start, start + batch)] if k else None
         ref_ids = [0] * batch if merged else (ids or [None] * batch)
-        gate = teacher_forced_gate if hasattr(backend, "forced_logits") else engine_token_gate
         part = gate(backend, reference, chunk, ids, ref_ids, n_new, dtype)
         rows += [{**r, "row": start + r["row"]} for r in part.rows]
     return GateResult.from_rows(rows)
