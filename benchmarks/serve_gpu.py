@@ -165,16 +165,18 @@ def fp32_tokens_gate(engine, reference, prompts, scenario, n_new) -> dict:
     return {"passed": True, "status": "equal", "k": k}
 
 
-def time_cell(engine, scenario, prompts, b, n_new, requests) -> dict:
-    """One warm-up batch, then ⌈requests/b⌉ timed batches of the round-robin stream (prompt g, adapter g mod k)."""
+def time_cell(engine, scenario, prompts, b, n_new, requests, warmup: int = 1) -> dict:
+    """``warmup`` untimed batches, then ⌈requests/b⌉ timed batches of the round-robin stream (prompt g, adapter
+    g mod k)."""
     batches = []
-    for j in range(1 + math.ceil(requests / b)):
-        start = (j - 1) * b if j else len(prompts) // 2
+    for j in range(warmup + math.ceil(requests / b)):
+        timed = j >= warmup
+        start = (j - warmup) * b if timed else len(prompts) // 2 + j * b
         batch = [prompts[(start + i) % len(prompts)] for i in range(b)]
         t0 = time.perf_counter()
-        gen = engine.generate(batch, row_ids(scenario, max(start, 0), b), n_new, False)
+        gen = engine.generate(batch, row_ids(scenario, start, b), n_new, False)
         wall = time.perf_counter() - t0
-        if j:
+        if timed:
             tpot = [(e - t) / (len(tk) - 1) for e, t, tk in zip(gen.e2e_s, gen.ttft_s, gen.tokens)]
             batches.append({"e2e_s": gen.e2e_s, "ttft_s": gen.ttft_s, "tpot_s": tpot, "wall_s": wall,
                             "out_tokens": [len(t) for t in gen.tokens]})
@@ -187,13 +189,41 @@ def gate_native(engine, reference, gate_prompts, scenario, b, n_new, dtype) -> d
     return res.summary()
 
 
+class ShiftedSlots:
+    """The timed engine made deliberately wrong for the gate's negative control: a row that asks for adapter a is
+    served by adapter (a + 1) mod k. Only the gate's entry points are wrapped; everything else is the engine's."""
+
+    def __init__(self, engine, k: int):
+        self.engine, self.k = engine, k
+
+    def __getattr__(self, name):
+        fn = getattr(self.engine, name)  # AttributeError for a method the engine lacks: the gate picks by hasattr
+        if name not in ("forced_logits", "decode_logprobs"):
+            return fn
+        return lambda prompts, ids, *rest: fn(prompts, [(a + 1) % self.k for a in ids], *rest)
+
+
+def negative_control(args, engine, reference, gate_prompts, scenario, b, dtype) -> dict | None:
+    """On the multi-8 engine at the largest batch: the same gate on the engine with its slots shifted must FAIL
+    (on the GPU, with the bf16 engine that is timed; the CPU tests show it for the stand-in engines)."""
+    if scenario != "multi-8" or b != max(args.batches):
+        return None
+    res = gate_native(ShiftedSlots(engine, n_adapters(scenario)), reference, gate_prompts, scenario, b,
+                      args.new_tokens, dtype)
+    log(f"negative control (slots shifted by one): gate {'passed — WRONG' if res['passed'] else 'failed, as it must'}"
+        f" (worst ratios ×{res['worst_rms_ratio']:.1f} rms, ×{res['worst_max_ratio']:.1f} max)")
+    return res
+
+
 def gate_and_time(args, eng, cell: dict, reference, prompts, gate_prompts, dtype, profile: bool = False) -> dict:
     """Gate the cell's engine at the cell's batch size, then time it (and profile one decode step if asked); a
     failure is recorded in the cell and the run goes on."""
     scenario, b = cell["scenario"], cell["batch"]
     try:
         cell["gate"] = gate_native(eng, reference, gate_prompts, scenario, b, args.new_tokens, dtype)
-        cell.update(time_cell(eng, scenario, prompts, b, args.new_tokens, args.requests), status="ok")
+        cell.update(time_cell(eng, scenario, prompts, b, args.new_tokens, args.requests, args.warmup), status="ok")
+        if (neg := negative_control(args, eng, reference, gate_prompts, scenario, b, dtype)) is not None:
+            cell["negative_control"] = neg
         if profile:
             cell["profile"] = profile_step(eng, [prompts[i] for i in range(b)], row_ids(scenario, 0, b))
     except Exception as exc:
@@ -263,8 +293,11 @@ def run_hf(args, model_bf, dirs, reference, prompts, gate_prompts, device, dtype
                 need = (time.perf_counter() - t0) * math.ceil(args.requests / b)
                 if need > args.budget_s - (time.perf_counter() - T0):
                     cell.update(status="not run", reason=f"time budget (needs ≈ {need:.0f} s)")
-                else:
-                    cell.update(time_cell(eng, scenario, prompts, b, args.new_tokens, args.requests), status="ok")
+                else:  # the probe above was this cell's first warm-up batch
+                    cell.update(time_cell(eng, scenario, prompts, b, args.new_tokens, args.requests,
+                                          max(args.warmup - 1, 0)), status="ok")
+                    if (neg := negative_control(args, eng, reference, gate_prompts, scenario, b, dtype)) is not None:
+                        cell["negative_control"] = neg
             except Exception as exc:
                 traceback.print_exc()
                 cell.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
@@ -333,12 +366,14 @@ def run_vllm(args, model, model_bf, dirs, reference, prompts, gate_prompts, dtyp
 
 
 def merge_runs(runs: list[dict]) -> dict:
-    """Several runs' results as one (cells of later runs after earlier ones; each run's environment kept)."""
+    """Several runs' results as one: cells of later runs after earlier ones, each tagged with its run (overheads
+    are taken within a run: serve_gpu_report.render), each run's environment kept."""
     if len(runs) == 1:
         return runs[0]
     envs = [f"run {i + 1}: {r.get('environment', 'environment not recorded')}"
             + (f", vLLM {r['vllm_version']}" if r.get("vllm_version") else "") for i, r in enumerate(runs)]
-    return {**runs[0], "cells": [c for r in runs for c in r["cells"]], "environment": "; ".join(envs),
+    return {**runs[0], "cells": [{**c, "run": i + 1} for i, r in enumerate(runs) for c in r["cells"]],
+            "environment": "; ".join(envs),
             "total_s": sum(r.get("total_s", 0) for r in runs),
             "tuning": [t for r in runs for t in r.get("tuning") or []],
             "kernel_check": next((r["kernel_check"] for r in runs if r.get("kernel_check")), None)}
@@ -352,6 +387,7 @@ def main() -> None:
     ap.add_argument("--hard-stop-s", type=float, default=500.0, help="native scenarios not started past this time")
     ap.add_argument("--backends", default="native-fused,native-addmm,hf-peft")
     ap.add_argument("--requests", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed batches per cell before the timed ones")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="a subset, e.g. to fill cells a run missed")

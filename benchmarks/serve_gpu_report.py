@@ -136,6 +136,22 @@ def _gate_text(cell: dict) -> str:
 SCENARIO_ORDER = ("base", "merged", "unmerged-1", "multi-2", "multi-4", "multi-8")
 
 
+class Cells:
+    """The cells of one or several runs. ``latest``: per (backend, scenario, batch) the last timed cell (a later run
+    re-measuring a cell supersedes it in the summary tables); ``ref``: the cell's merged or base counterpart from
+    the SAME run — overheads are never taken across runs (separate processes, maybe separate machines)."""
+
+    def __init__(self, cells: list[dict]):
+        self.all = cells
+        self.latest = {(c["backend"], c["scenario"], c["batch"]): c for c in cells if c.get("status") == "ok"}
+        self._by_run = {(c["backend"], c["scenario"], c["batch"], c.get("run")): c for c in cells
+                        if c.get("status") == "ok"}
+        self.status = {(c["backend"], c["scenario"], c["batch"]): c for c in cells}
+
+    def ref(self, cell: dict, scenario: str) -> dict | None:
+        return self._by_run.get((cell["backend"], scenario, cell["batch"], cell.get("run")))
+
+
 def tpot_table(ok: dict, backends: list[str], batches: list[int]) -> list[str]:
     """Median time per output token (ms) of every timed cell, engine × scenario × batch ("—": not timed)."""
     lines = ["", "## Median time per output token, ms", "", "| engine | scenario | " + " | ".join(
@@ -148,14 +164,15 @@ def tpot_table(ok: dict, backends: list[str], batches: list[int]) -> list[str]:
     return lines
 
 
-def overhead_ranges(ok: dict, backends: list[str], batches: list[int]) -> list[str]:
+def overhead_ranges(cells: Cells, backends: list[str], batches: list[int]) -> list[str]:
     """Per engine and LoRA scenario, the range over batch sizes of the p95 and median-TPOT overheads vs merged."""
     lines = ["", "## Overheads over merged (same engine), ranges over the batch sizes timed", "",
              "| engine | scenario | batch sizes | p95 end-to-end | median TPOT |", "|---|---|---|---|---|"]
+    ok = cells.latest
     for be in backends:
         for sc in SCENARIO_ORDER[2:]:
-            pairs = [(b, ok[(be, sc, b)], ok[(be, "merged", b)]) for b in batches
-                     if (be, sc, b) in ok and (be, "merged", b) in ok]
+            pairs = [(b, ok[(be, sc, b)], cells.ref(ok[(be, sc, b)], "merged")) for b in batches if (be, sc, b) in ok]
+            pairs = [(b, c, m) for b, c, m in pairs if m is not None]
             if not pairs:
                 continue
             e2e = [overhead(c, m)[0] for _, c, m in pairs]
@@ -166,26 +183,46 @@ def overhead_ranges(ok: dict, backends: list[str], batches: list[int]) -> list[s
     return lines
 
 
+def _kernel_check_text(checks: list[dict]) -> str:
+    return "; ".join(f"{'/'.join(map(str, c['widths']))} × K {c['k']}: {c['worst_err_over_bound']:.2f}"
+                     if "worst_err_over_bound" in c else f"error: {c.get('error', 'not recorded')}" for c in checks)
+
+
+def _negative_controls(cells: Cells) -> list[str]:
+    """The gate's negative control per engine: the multi-8 engine with every slot shifted by one must fail."""
+    done = [c for c in cells.all if c.get("negative_control")]
+    if not done:
+        return []
+    lines = ["", "## Negative control of the gate (the multi-8 engine, slots shifted by one: must FAIL)", ""]
+    for c in done:
+        g = c["negative_control"]
+        verdict = "failed, as it must" if not g["passed"] else "PASSED — the gate has no power here"
+        lines.append(f"- {c['backend']} b={c['batch']}: {verdict} (worst ratios ×{g['worst_rms_ratio']:.1f} rms, "
+                     f"×{g['worst_max_ratio']:.1f} max; bounds 2 / 3)")
+    return lines
+
+
 def render(results: dict) -> str:
-    cells = {(c["backend"], c["scenario"], c["batch"]): c for c in results["cells"]}
-    ok = {k: c for k, c in cells.items() if c.get("status") == "ok"}
+    cells = Cells(results["cells"])
+    ok = cells.latest
     backends = list(dict.fromkeys(c["backend"] for c in results["cells"]))
     batches = sorted({c["batch"] for c in results["cells"]})
     lines = ["# Serving overhead (§10): one table", "", _versions(results), ""]
     if results.get("kernel_check"):
-        lines += [f"Fused kernel vs its PyTorch reference on the real shapes (mixed 8-adapter batch; worst error over "
-                  f"the rounding bound, ≤ 1 when correct): {[c.get('worst_err_over_bound', c) for c in results['kernel_check']]}", ""]
-    lines += ["## p95 end-to-end latency overhead vs merged (same engine, same batch), 95% CI over batches; n = timed "
-              "requests per cell", "", "| backend | scenario | " + " | ".join(f"b={b}" for b in batches) + " |",
+        lines += ["Fused kernel vs its PyTorch reference on the real shapes (mixed 8-adapter batch; worst error over "
+                  f"the rounding bound, ≤ 1 when correct): {_kernel_check_text(results['kernel_check'])}", ""]
+    lines += ["## p95 end-to-end latency overhead vs merged (same engine, same batch, same run), 95% CI over batches; "
+              "n = timed requests per cell", "", "| backend | scenario | " + " | ".join(f"b={b}" for b in batches) + " |",
               "|---|---|" + "---|" * len(batches)]
     aims = {}
     for be in backends:
         for sc in SCENARIO_ORDER:
             row = []
             for b in batches:
-                c, m = ok.get((be, sc, b)), ok.get((be, "merged", b))
+                c = ok.get((be, sc, b))
+                m = cells.ref(c, "merged") if c is not None else None
                 if c is None:
-                    st = cells.get((be, sc, b), {})
+                    st = cells.status.get((be, sc, b), {})
                     row.append(st.get("status", "—") if st else "—")
                 elif sc == "merged":
                     row.append(f"{tpot(c) * 1e3:.2f} ms/tok, n={c['n']}")
@@ -200,26 +237,30 @@ def render(results: dict) -> str:
             lines.append(f"| {be} | {sc} | " + " | ".join(row) + " |")
     lines += ["", "Aim of the native engine (unmerged-1 ≤ +5%, multi-k ≤ +10% over merged at every batch size): " + "; ".join(
         f"{be} {sc}: {'met' if all(v) and len(v) == len(batches) else 'NOT met'}" for (be, sc), v in aims.items())]
-    lines += tpot_table(ok, backends, batches) + overhead_ranges(ok, backends, batches)
-    lines += ["", "## Every cell", "", "| backend | scenario | batch | n | p95 e2e ms | p50 TPOT ms | tok/s | "
-              "p95 vs merged | p95 vs base | TPOT vs merged | gate (bf16 teacher-forced; fp32 tokens) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (be, sc, b), c in cells.items():
+    lines += tpot_table(ok, backends, batches) + overhead_ranges(cells, backends, batches) + _negative_controls(cells)
+    runs = any("run" in c for c in cells.all)
+    lines += ["", "## Every cell" + (" (a cell re-measured in a later run appears once per run; the tables above use "
+              "the latest)" if runs else ""), "", "| " + ("run | " if runs else "") + "backend | scenario | batch | n | "
+              "p95 e2e ms | p50 TPOT ms | tok/s | p95 vs merged | p95 vs base | TPOT vs merged | gate (bf16 "
+              "teacher-forced; fp32 tokens) |", "|" + ("---|" if runs else "") + "---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cells.all:
+        be, sc, b = c["backend"], c["scenario"], c["batch"]
+        run = f"{c.get('run', '')} | " if runs else ""
         if c.get("status") != "ok":
-            lines.append(f"| {be} | {sc} | {b} | 0 | | | | | | | {c.get('status')}: {c.get('reason', '')[:80]} |")
+            lines.append(f"| {run}{be} | {sc} | {b} | 0 | | | | | | | {c.get('status')}: {c.get('reason', '')[:80]} |")
             continue
-        m, base = ok.get((be, "merged", b)), ok.get((be, "base", b))
+        m, base = cells.ref(c, "merged"), cells.ref(c, "base")
         wall = sum(x["wall_s"] for x in c["batches"])
         toks = sum(sum(x["out_tokens"]) for x in c["batches"])
         vs_m = "" if m is None or sc == "merged" else "{:+.1%} [{:+.1%}, {:+.1%}]".format(*overhead(c, m))
         vs_b = "" if base is None or sc == "base" else "{:+.1%} [{:+.1%}, {:+.1%}]".format(*overhead(c, base))
         t_m = "" if m is None or sc == "merged" else "{:+.1%} [{:+.1%}, {:+.1%}]".format(
             *overhead(c, m, key="tpot_s", q=50))
-        lines.append(f"| {be} | {sc} | {b} | {c['n']} | {p95(c) * 1e3:.1f} | {tpot(c) * 1e3:.3f} | {toks / wall:.0f} | "
+        lines.append(f"| {run}{be} | {sc} | {b} | {c['n']} | {p95(c) * 1e3:.1f} | {tpot(c) * 1e3:.3f} | {toks / wall:.0f} | "
                      f"{vs_m} | {vs_b} | {t_m} | {_gate_text(c)} |")
     lines += ["", "## Per-kernel profile of one decode step (µs per step)", ""]
-    for (be, sc, b), c in cells.items():
-        prof = c.get("profile")
+    for c in cells.all:
+        be, sc, b, prof = c["backend"], c["scenario"], c["batch"], c.get("profile")
         if not prof:
             continue
         cats = ", ".join(f"{k} {v['us']:.0f} ({v['kernels']:.0f})" for k, v in prof["by_category"].items())
