@@ -393,8 +393,6 @@ def part_ft(shape, batches):
     speed.compile_layers(model)
     guarded("ft-ours", time_step, "FT ours today (fused AdamW, compiled)", "ft", std_step(ours(loss_mod), params, adamw(params, lr, wd)),
             batches, shape, ["tgt", "lm"])
-    guarded("ft-captured", time_captured, "FT ours today + captured step", "ft", loss_mod, params, batches, shape,
-            ["tgt", "lm"], lambda: adamw(params, lr, wd, capturable=True), False)
     # exactness of the master-weight optimizer: 3 steps from the same state, vs the standard path twice
     snapshot = [p.detach().clone() for p in params]
 
@@ -432,14 +430,18 @@ def part_ft(shape, batches):
     opt = guarded("ft-master-check", exactness)
     del snapshot
     free()
-    if opt is None:
-        return
-    guarded("ft-master", time_step, "FT ours + MasterWeightAdamW (bf16 copies)", "ft", master_step(ours(loss_mod), opt),
-            batches, shape, ["tgt", "lm"])
-    guarded("ft-master-captured", time_captured, "FT ours + MasterWeightAdamW + captured step", "ft", loss_mod, params,
-            batches, shape, ["tgt", "lm"], lambda: opt, True)
-    if ARGS.profile and left() > 60:
-        guarded("profile ft", profile, "FT ours + MasterWeightAdamW", master_step(ours(loss_mod), opt), batches["tgt"])
+    if opt is not None:
+        guarded("ft-master", time_step, "FT ours + MasterWeightAdamW (bf16 copies)", "ft",
+                master_step(ours(loss_mod), opt), batches, shape, ["tgt", "lm"])
+        if ARGS.profile and left() > 60:
+            guarded("profile ft", profile, "FT ours + MasterWeightAdamW", master_step(ours(loss_mod), opt),
+                    batches["tgt"])
+    # captures last: a capture that fails may leave the GPU context unusable (the run of 2026-11-29)
+    guarded("ft-captured", time_captured, "FT ours today + captured step", "ft", loss_mod, params, batches, shape,
+            ["tgt", "lm"], lambda: adamw(params, lr, wd, capturable=True), False)
+    if opt is not None:
+        guarded("ft-master-captured", time_captured, "FT ours + MasterWeightAdamW + captured step", "ft", loss_mod,
+                params, batches, shape, ["tgt", "lm"], lambda: opt, True)
     del model, params, opt, loss_mod
     torch._dynamo.reset()
     free()
@@ -466,11 +468,12 @@ def part_lora(shape, batches, blocks, expand):
     guarded("lora-exact", lora_exactness, model, handle, loss_mod, params, batches["check"])
     guarded("lora-fused", time_step, f"LoRA fused kernels ({expand}, compiled)", "lora",
             std_step(ours(loss_mod), params, adamw(params, lr, 0.0)), batches, shape, ["tgt", "lm"])
-    guarded("lora-fused-captured", time_captured, "LoRA fused kernels + captured step", "lora", loss_mod, params,
-            batches, shape, ["tgt", "lm"], lambda: adamw(params, lr, 0.0, capturable=True), False)
     if ARGS.profile and left() > 60:
         guarded("profile lora", profile, "LoRA fused kernels", std_step(ours(loss_mod), params, adamw(params, lr, 0.0)),
                 batches["tgt"])
+    # the capture before the curves: they remove the fused modules (handle.remove) to run PEFT's
+    guarded("lora-fused-captured", time_captured, "LoRA fused kernels + captured step", "lora", loss_mod, params,
+            batches, shape, ["tgt", "lm"], lambda: adamw(params, lr, 0.0, capturable=True), False)
     if "curves" in ARGS.only and left() > 40:
         guarded("curves", loss_curves, model, handle, loss_mod, params, init, batches)
     del model, params, loss_mod, handle
@@ -638,6 +641,7 @@ def main():
         import triton
 
         OUT["meta"]["triton"] = triton.__version__
+    torch._logging.set_logs(recompiles=True)  # every recompile's failing guard in the log (the capture needs none)
     for knob in ("recompile_limit", "cache_size_limit"):
         if hasattr(torch._dynamo.config, knob):
             setattr(torch._dynamo.config, knob, 32)

@@ -11,6 +11,14 @@ gradients set to None before capture so the captured backward *writes* them (no 
 optimizer step inside the graph (torch's fused AdamW with ``capturable=True``, or
 :class:`~lorascope.train.master_adamw.MasterWeightAdamW` whose host part ``prepare`` runs before each replay).
 Random numbers (dropout) advance per replay: the CUDA generator registers its Philox offsets with the graph.
+
+Compiled regions (``speed.compile_layers``) must not compile during the capture: inductor reads values back to the
+host while it compiles, which a capturing stream forbids, and the failed capture left the GPU context unusable
+(docs/benchmarks.md, issue 17: a recompile of the decoder layers inside the capture; pytorch/pytorch#185074 —
+dynamo does not know a capture is under way). So the warm-up runs the exact step first, the capture runs under
+``torch.compiler.set_stance("fail_on_recompile")`` — a guard that fails there raises a clean error naming the
+guard, before anything is compiled — and autocast's weight cache is off in both (the same global state, which
+dynamo guards on, and no cached cast outliving the capture).
 """
 
 from __future__ import annotations
@@ -30,21 +38,26 @@ class CapturedStep:
                  before_replay: Callable[[], None] | None = None):
         self.static = tuple(t.clone() for t in example)
         self.before_replay = before_replay or (lambda: None)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                for p in params:
-                    p.grad = None
-                self.before_replay()
-                train_step(*self.static)
-        torch.cuda.current_stream().wait_stream(side)
-        for p in params:
-            p.grad = None
-        self.before_replay()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.loss, self.grad_norm = train_step(*self.static)
+        cache = torch.is_autocast_cache_enabled()
+        torch.set_autocast_cache_enabled(False)
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    for p in params:
+                        p.grad = None
+                    self.before_replay()
+                    train_step(*self.static)
+            torch.cuda.current_stream().wait_stream(side)
+            for p in params:
+                p.grad = None
+            self.before_replay()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.compiler.set_stance("fail_on_recompile"), torch.cuda.graph(self.graph):
+                self.loss, self.grad_norm = train_step(*self.static)
+        finally:
+            torch.set_autocast_cache_enabled(cache)
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for buf, t in zip(self.static, inputs):
