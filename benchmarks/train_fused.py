@@ -393,6 +393,10 @@ def part_ft(shape, batches):
     speed.compile_layers(model)
     guarded("ft-ours", time_step, "FT ours today (fused AdamW, compiled)", "ft", std_step(ours(loss_mod), params, adamw(params, lr, wd)),
             batches, shape, ["tgt", "lm"])
+    # before the master-weight optimizer, which turns the weights into bf16 copies (a failed capture raises before
+    # compiling anything: captured_step.py, so the parts after it still run)
+    guarded("ft-captured", time_captured, "FT ours today + captured step", "ft", loss_mod, params, batches, shape,
+            ["tgt", "lm"], lambda: adamw(params, lr, wd, capturable=True), False)
     # exactness of the master-weight optimizer: 3 steps from the same state, vs the standard path twice
     snapshot = [p.detach().clone() for p in params]
 
@@ -413,6 +417,10 @@ def part_ft(shape, batches):
         for p, s in zip(params, snapshot):
             p.data = s.clone()
         opt = MasterWeightAdamW(adamw(params, lr, wd, groups_only=True), lr=lr, working=working_copy_params(model))
+        # the optimizer turned the Linear weights into bf16 (p.data): compiled code must be rebuilt. On the H200
+        # (torch 2.11) no guard caught the dtype change, and the layers compiled for fp32 weights read the bf16
+        # storage as fp32 — an illegal memory access (run of 2026-11-30, no recompile in its log)
+        torch._dynamo.reset()
         master_losses = []
         for _ in range(3):
             loss, _ = master_step(ours(loss_mod), opt)(*batches["check"][:3])
@@ -436,9 +444,6 @@ def part_ft(shape, batches):
         if ARGS.profile and left() > 60:
             guarded("profile ft", profile, "FT ours + MasterWeightAdamW", master_step(ours(loss_mod), opt),
                     batches["tgt"])
-    # captures last: a capture that fails may leave the GPU context unusable (the run of 2026-11-29)
-    guarded("ft-captured", time_captured, "FT ours today + captured step", "ft", loss_mod, params, batches, shape,
-            ["tgt", "lm"], lambda: adamw(params, lr, wd, capturable=True), False)
     if opt is not None:
         guarded("ft-master-captured", time_captured, "FT ours + MasterWeightAdamW + captured step", "ft", loss_mod,
                 params, batches, shape, ["tgt", "lm"], lambda: opt, True)

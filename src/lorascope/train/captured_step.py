@@ -13,12 +13,14 @@ optimizer step inside the graph (torch's fused AdamW with ``capturable=True``, o
 Random numbers (dropout) advance per replay: the CUDA generator registers its Philox offsets with the graph.
 
 Compiled regions (``speed.compile_layers``) must not compile during the capture: inductor reads values back to the
-host while it compiles, which a capturing stream forbids, and the failed capture left the GPU context unusable
-(docs/benchmarks.md, issue 17: a recompile of the decoder layers inside the capture; pytorch/pytorch#185074 —
-dynamo does not know a capture is under way). So the warm-up runs the exact step first, the capture runs under
-``torch.compiler.set_stance("fail_on_recompile")`` — a guard that fails there raises a clean error naming the
-guard, before anything is compiled — and autocast's weight cache is off in both (the same global state, which
-dynamo guards on, and no cached cast outliving the capture).
+host while it compiles, which a capturing stream forbids, and a failed capture can leave the GPU context unusable
+(pytorch/pytorch#185074: dynamo does not know a capture is under way). The warm-up runs the exact step first, and
+the capture runs under ``torch.compiler.set_stance("fail_on_recompile")``: a guard that fails there raises a clean
+error naming the guard before anything is compiled. That is how the H200 run of 2026-11-30 found why the layers
+recompiled inside the capture: transformers asks whether a CUDA stream is capturing when it decides between SDPA's
+``is_causal`` and a materialised causal mask (``transformers.utils.import_utils.is_tracing``), so under capture
+the layers received a mask the warm-up never passed. :func:`static_target_loss` therefore runs the decoder stack
+itself, without transformers' mask construction (causal batches without padding only).
 """
 
 from __future__ import annotations
@@ -38,26 +40,21 @@ class CapturedStep:
                  before_replay: Callable[[], None] | None = None):
         self.static = tuple(t.clone() for t in example)
         self.before_replay = before_replay or (lambda: None)
-        cache = torch.is_autocast_cache_enabled()
-        torch.set_autocast_cache_enabled(False)
-        try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(warmup):
-                    for p in params:
-                        p.grad = None
-                    self.before_replay()
-                    train_step(*self.static)
-            torch.cuda.current_stream().wait_stream(side)
-            for p in params:
-                p.grad = None
-            self.before_replay()
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.compiler.set_stance("fail_on_recompile"), torch.cuda.graph(self.graph):
-                self.loss, self.grad_norm = train_step(*self.static)
-        finally:
-            torch.set_autocast_cache_enabled(cache)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                for p in params:
+                    p.grad = None
+                self.before_replay()
+                train_step(*self.static)
+        torch.cuda.current_stream().wait_stream(side)
+        for p in params:
+            p.grad = None
+        self.before_replay()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.compiler.set_stance("fail_on_recompile"), torch.cuda.graph(self.graph):
+            self.loss, self.grad_norm = train_step(*self.static)
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for buf, t in zip(self.static, inputs):
@@ -69,23 +66,41 @@ class CapturedStep:
         return self.loss, self.grad_norm
 
 
+def causal_hidden(lm, ids: torch.Tensor) -> torch.Tensor:
+    """(b, T, d) final hidden states of a Llama-family ``*ForCausalLM`` for a causal batch without padding: its
+    model's forward (embedding, rotary embedding, decoder layers, final norm) with ``attention_mask=None``, the
+    mask that transformers itself passes for such a batch outside a capture (SDPA's ``is_causal`` path) — but
+    without asking whether a stream is capturing (module doc)."""
+    base = lm.model
+    if base.config._attn_implementation != "sdpa":  # eager attention would read attention_mask=None as "no mask"
+        raise ValueError(f"a captured step needs SDPA attention (its is_causal path), not "
+                         f"'{base.config._attn_implementation}'")
+    hidden = base.embed_tokens(ids)
+    positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+    rope = base.rotary_emb(hidden, position_ids=positions)
+    for layer in base.layers[: base.config.num_hidden_layers]:
+        out = layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=rope, use_cache=False)
+        hidden = out[0] if isinstance(out, tuple) else out  # transformers < 5 returns a tuple
+    return base.norm(hidden)
+
+
 def static_target_loss(loss_module, labels: torch.Tensor) -> Callable:
     """``TargetTokenLoss``'s sum of target NLL for batches with ``labels``' target positions, without the
     boolean indexing that needs a host sync: the positions are found once here (same function, same
-    reduction order of the gather)."""
+    reduction order of the gather). Needs ``causal_no_mask`` (fixed-shape batches without padding)."""
     import torch.nn.functional as F
 
     from lorascope.data.tokenize import IGNORE_INDEX
 
+    if not loss_module.causal_no_mask:
+        raise ValueError("a captured step needs TargetTokenLoss(causal_no_mask=True): batches without padding")
     lm = loss_module.lm
     shift = labels[:, 1:]
     index = (shift != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)  # host sync, once
     targets = shift.reshape(-1).index_select(0, index)
-    mask_in = None if loss_module.causal_no_mask else "mask"
 
     def fn(ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = lm.model(input_ids=ids, attention_mask=None if mask_in is None else attention_mask,
-                          use_cache=False).last_hidden_state
+        hidden = causal_hidden(lm, ids)
         selected = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, index)
         return F.cross_entropy(lm.lm_head(selected).float(), targets, reduction="sum")
 

@@ -56,6 +56,10 @@ class MasterWeightAdamW(torch.optim.Optimizer):
     ``step()`` clips to ``max_grad_norm`` (as ``clip_grad_norm_``: coefficient min(1, max / (‖g‖ + 1e-6))) and
     updates; it returns the total gradient norm (a 0-d fp32 tensor, before clipping). ``backend="torch"`` runs
     the same update with torch ops (CPU tests, reference).
+
+    Construct it before compiling the model, or call ``torch._dynamo.reset()`` after: it changes the dtype of
+    parameters in place (``p.data``), and on an H200 with torch 2.11 no dynamo guard caught that — layers
+    compiled for fp32 weights read the bf16 storage as fp32, an illegal memory access (docs/benchmarks.md, issue 17).
     """
 
     def __init__(self, params, *, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
