@@ -1,6 +1,7 @@
-"""The GPU serving figures in docs/benchmarks.md ("Serving, one table", issue 16) are the rendering of the three
+"""The GPU serving figures in docs/benchmarks.md ("Serving, one table", issue 16) are the rendering of the eight
 runs' JSON kept in docs/results/: re-rendering them here must reproduce every line of the documented table (the
-bootstrap is seeded), and the record itself holds what the docs claim of it (n ≥ 30 per timed cell, every gate)."""
+bootstrap is seeded), and the record itself holds what the docs claim of it (n ≥ 30 per timed cell, every gate
+passed, every negative control failed)."""
 
 import json
 import subprocess
@@ -8,7 +9,9 @@ import sys
 
 from tests.conftest import REPO
 
-RUNS = [REPO / "docs" / "results" / "serve_gpu_2026-11-29" / f"{name}.json" for name in ("native", "hf-peft", "vllm")]
+RESULTS = REPO / "docs" / "results"
+RUNS = ([RESULTS / "serve_gpu_2026-11-29" / f"{name}.json" for name in ("native", "hf-peft", "vllm")]
+        + [RESULTS / "serve_gpu_2026-11-30" / f"{name}.json" for name in ("hf4", "hf2", "hf1a", "hf1b", "vllm")])
 
 
 def test_documented_table_is_the_rendering_of_the_kept_runs():
@@ -26,7 +29,15 @@ def test_every_timed_cell_has_30_requests_and_passed_its_gate():
     by_backend = {}
     for c in cells:
         by_backend.setdefault(c["backend"], []).append(c)
-    assert {b: len(v) for b, v in by_backend.items()} == {"native-fused": 30, "native-addmm": 30, "hf-peft": 15,
-                                                         "vllm": 25}
+    assert {b: len(v) for b, v in by_backend.items()} == {"native-fused": 30, "native-addmm": 30, "hf-peft": 34,
+                                                         "vllm": 40}
     assert all(c["n"] >= 30 and c["gate"]["passed"] for c in cells)
     assert all(c["fp32_gate"]["passed"] for c in cells if c["backend"].startswith("native"))
+
+
+def test_the_gate_failed_every_deliberately_wrong_engine_on_the_gpu():
+    """Runs 4–8 gated the multi-8 engine once more with its slots shifted by one: it must have failed, far out."""
+    controls = [(c["backend"], c["negative_control"]) for path in RUNS for c in json.loads(path.read_text())["cells"]
+                if c.get("negative_control")]
+    assert sorted(b for b, _ in controls) == ["hf-peft", "hf-peft", "hf-peft", "vllm"]
+    assert all(not g["passed"] and g["worst_rms_ratio"] > 10 for _, g in controls)
