@@ -49,7 +49,37 @@ def test_static_target_loss_equals_target_token_loss():
         want, n = loss_mod(ids, mask, labels)
         got = static_target_loss(loss_mod, labels)(ids, mask)
     assert int(n) == 3 + 1 + 10
-    assert float(got) == pytest.approx(float(want), rel=1e-12)
+    # both take float32 logits (``.float()``, as training under autocast does): the same rows in the same order,
+    # so equal up to float32 rounding of the sum of 14 terms, whatever the CPU
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_the_fused_lora_path_draws_fresh_dropout_seeds_through_the_walk(model_dir):
+    """The fused path draws each forward's dropout seeds in a pre-hook of the decoder stack; the walk must run it,
+    or every replay of a captured step would reuse one set of masks. Same RNG state → same masks → same loss as
+    ``TargetTokenLoss``; the next call → new masks."""
+    from lorascope.train.fused_lora import FusedSettings, install_fused_lora
+    from tests.test_fused_lora import _batch as fused_batch
+    from tests.test_fused_lora import _lora_model
+
+    model = _lora_model(model_dir, dropout=0.3)
+    handle = install_fused_lora(model, FusedSettings(backend="torch"))
+    model.train()
+    ids, mask, labels = fused_batch()
+    loss_mod = TargetTokenLoss(model, causal_no_mask=True)
+    fn = static_target_loss(loss_mod, labels)
+    with torch.no_grad():
+        torch.manual_seed(11)
+        want = float(loss_mod(ids, mask, labels)[0])
+        torch.manual_seed(11)
+        got = float(fn(ids, mask))
+        seeds = handle.seeds.clone()
+        again = float(fn(ids, mask))
+    assert got == pytest.approx(want, rel=1e-6)  # float32 logits, as above
+    assert not torch.equal(handle.seeds, seeds) and again != pytest.approx(got, rel=1e-6)
+    with torch.no_grad():  # and without dropout's seeds changing anything, eval mode is deterministic
+        model.eval()
+        assert float(fn(ids, mask)) == float(fn(ids, mask))
 
 
 def test_static_target_loss_refuses_what_it_cannot_capture():
@@ -58,3 +88,7 @@ def test_static_target_loss_refuses_what_it_cannot_capture():
         static_target_loss(TargetTokenLoss(_model(), causal_no_mask=False), labels)
     with pytest.raises(ValueError, match="SDPA"):  # eager attention reads attention_mask=None as no mask at all
         causal_hidden(_model("eager"), _batch()[0])
+    mistral = _model()
+    mistral.model.config.model_type = "mistral"  # a sliding window the walk would not apply
+    with pytest.raises(ValueError, match="Llama"):
+        causal_hidden(mistral, _batch()[0])

@@ -17,10 +17,12 @@ host while it compiles, which a capturing stream forbids, and a failed capture c
 (pytorch/pytorch#185074: dynamo does not know a capture is under way). The warm-up runs the exact step first, and
 the capture runs under ``torch.compiler.set_stance("fail_on_recompile")``: a guard that fails there raises a clean
 error naming the guard before anything is compiled. That is how the H200 run of 2026-11-30 found why the layers
-recompiled inside the capture: transformers asks whether a CUDA stream is capturing when it decides between SDPA's
-``is_causal`` and a materialised causal mask (``transformers.utils.import_utils.is_tracing``), so under capture
-the layers received a mask the warm-up never passed. :func:`static_target_loss` therefore runs the decoder stack
-itself, without transformers' mask construction (causal batches without padding only).
+recompiled inside the capture: transformers 5.17 asks whether a CUDA stream is capturing when it decides between
+SDPA's ``is_causal`` and a materialised causal mask (``transformers.utils.import_utils.is_tracing``; 5.19 asks only
+when a padding mask is passed), so under capture the layers received a mask the warm-up never passed.
+:func:`static_target_loss` therefore runs the decoder stack itself, without transformers' mask construction
+(Llama, SDPA, causal batches without padding), and runs the stack's forward pre-hooks (the fused LoRA path draws
+its dropout seeds there).
 """
 
 from __future__ import annotations
@@ -66,15 +68,31 @@ class CapturedStep:
         return self.loss, self.grad_norm
 
 
+def _forward_pre_hooks(module: torch.nn.Module, args: tuple) -> None:
+    """The module's own forward pre-hooks, which calling its children directly would skip — e.g. the fused LoRA
+    path's fresh dropout seeds per forward (``fused_lora/install.py``: ``seeds.random_`` on the device, so inside
+    a capture it is a kernel whose Philox offset advances per replay)."""
+    for key, hook in list(module._forward_pre_hooks.items()):
+        if key in module._forward_pre_hooks_with_kwargs:
+            hook(module, args, {})
+        else:
+            hook(module, args)
+
+
 def causal_hidden(lm, ids: torch.Tensor) -> torch.Tensor:
     """(b, T, d) final hidden states of a Llama-family ``*ForCausalLM`` for a causal batch without padding: its
     model's forward (embedding, rotary embedding, decoder layers, final norm) with ``attention_mask=None``, the
     mask that transformers itself passes for such a batch outside a capture (SDPA's ``is_causal`` path) — but
     without asking whether a stream is capturing (module doc)."""
     base = lm.model
+    # LlamaModel.forward only: other families add what this walk does not (Mistral/Qwen2 sliding windows, Gemma's
+    # embedding scale)
+    if base.config.model_type != "llama":
+        raise ValueError(f"a captured step walks a Llama decoder stack, not '{base.config.model_type}'")
     if base.config._attn_implementation != "sdpa":  # eager attention would read attention_mask=None as "no mask"
         raise ValueError(f"a captured step needs SDPA attention (its is_causal path), not "
                          f"'{base.config._attn_implementation}'")
+    _forward_pre_hooks(base, (ids,))
     hidden = base.embed_tokens(ids)
     positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
     rope = base.rotary_emb(hidden, position_ids=positions)
