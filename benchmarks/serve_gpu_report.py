@@ -151,6 +151,16 @@ class Cells:
     def ref(self, cell: dict, scenario: str) -> dict | None:
         return self._by_run.get((cell["backend"], scenario, cell["batch"], cell.get("run")))
 
+    def paired(self, backend: str, scenario: str, batch: int, ref: str = "merged") -> tuple[dict, dict] | None:
+        """The latest timed cell of (backend, scenario, batch) whose own run also timed ``ref`` at that batch, and
+        that reference: a later fill-in run without ``ref`` does not hide an earlier run's valid pair."""
+        for c in reversed(self.all):
+            if (c["backend"], c["scenario"], c["batch"]) == (backend, scenario, batch) and c.get("status") == "ok":
+                r = self.ref(c, ref)
+                if r is not None:
+                    return c, r
+        return None
+
 
 def tpot_table(ok: dict, backends: list[str], batches: list[int]) -> list[str]:
     """Median time per output token (ms) of every timed cell, engine × scenario × batch ("—": not timed)."""
@@ -168,11 +178,9 @@ def overhead_ranges(cells: Cells, backends: list[str], batches: list[int]) -> li
     """Per engine and LoRA scenario, the range over batch sizes of the p95 and median-TPOT overheads vs merged."""
     lines = ["", "## Overheads over merged (same engine), ranges over the batch sizes timed", "",
              "| engine | scenario | batch sizes | p95 end-to-end | median TPOT |", "|---|---|---|---|---|"]
-    ok = cells.latest
     for be in backends:
         for sc in SCENARIO_ORDER[2:]:
-            pairs = [(b, ok[(be, sc, b)], cells.ref(ok[(be, sc, b)], "merged")) for b in batches if (be, sc, b) in ok]
-            pairs = [(b, c, m) for b, c, m in pairs if m is not None]
+            pairs = [(b, *cells.paired(be, sc, b)) for b in batches if cells.paired(be, sc, b)]
             if not pairs:
                 continue
             e2e = [overhead(c, m)[0] for _, c, m in pairs]
@@ -196,6 +204,9 @@ def _negative_controls(cells: Cells) -> list[str]:
     lines = ["", "## Negative control of the gate (the multi-8 engine, slots shifted by one: must FAIL)", ""]
     for c in done:
         g = c["negative_control"]
+        if "error" in g:
+            lines.append(f"- {c['backend']} b={c['batch']}: did not run ({g['error'][:100]})")
+            continue
         verdict = "failed, as it must" if not g["passed"] else "PASSED — the gate has no power here"
         lines.append(f"- {c['backend']} b={c['batch']}: {verdict} (worst ratios ×{g['worst_rms_ratio']:.1f} rms, "
                      f"×{g['worst_max_ratio']:.1f} max; bounds 2 / 3)")
@@ -219,8 +230,8 @@ def render(results: dict) -> str:
         for sc in SCENARIO_ORDER:
             row = []
             for b in batches:
-                c = ok.get((be, sc, b))
-                m = cells.ref(c, "merged") if c is not None else None
+                pair = cells.paired(be, sc, b)
+                c, m = pair if pair else (ok.get((be, sc, b)), None)
                 if c is None:
                     st = cells.status.get((be, sc, b), {})
                     row.append(st.get("status", "—") if st else "—")

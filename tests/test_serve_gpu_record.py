@@ -41,3 +41,21 @@ def test_the_gate_failed_every_deliberately_wrong_engine_on_the_gpu():
                 if c.get("negative_control")]
     assert sorted(b for b, _ in controls) == ["hf-peft", "hf-peft", "hf-peft", "vllm"]
     assert all(not g["passed"] and g["worst_rms_ratio"] > 10 for _, g in controls)
+
+
+def test_overheads_pair_a_cell_with_its_own_runs_reference_only():
+    """A fill-in run that re-times a LoRA cell without its merged cell must not hide an earlier run's valid pair,
+    and a cell is never compared with another run's merged cell."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from serve_gpu_report import Cells
+
+    def cell(run, sc, tpot):
+        batch = {"e2e_s": [tpot * 10], "ttft_s": [0.0], "tpot_s": [tpot], "wall_s": 1.0, "out_tokens": [2]}
+        return {"run": run, "backend": "x", "scenario": sc, "batch": 1, "status": "ok", "n": 30, "batches": [batch]}
+
+    first_merged, first_lora, refill = cell(1, "merged", 1.0), cell(1, "unmerged-1", 1.2), cell(2, "unmerged-1", 5.0)
+    cells = Cells([first_merged, first_lora, cell(2, "base", 0.9), refill])
+    assert cells.latest[("x", "unmerged-1", 1)] is refill  # the summary's absolute figures: the latest run
+    assert cells.ref(refill, "merged") is None  # no merged in run 2: no cross-run overhead
+    assert cells.paired("x", "unmerged-1", 1) == (first_lora, first_merged)
+    assert cells.paired("x", "base", 1) is None
