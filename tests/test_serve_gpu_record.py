@@ -59,3 +59,25 @@ def test_overheads_pair_a_cell_with_its_own_runs_reference_only():
     assert cells.ref(refill, "merged") is None  # no merged in run 2: no cross-run overhead
     assert cells.paired("x", "unmerged-1", 1) == (first_lora, first_merged)
     assert cells.paired("x", "base", 1) is None
+
+
+def test_figures_quoted_in_the_prose_are_those_of_the_record():
+    """The prose of the section quotes figures the tables do not show; each is recomputed here from the JSON."""
+    import numpy as np
+
+    doc = (REPO / "docs" / "benchmarks.md").read_text()
+    cells = [c for path in RUNS for c in json.loads(path.read_text())["cells"] if c.get("status") == "ok"]
+    assert f"every one of the {len(cells)} timed cells passed" in doc
+
+    def worst(backend, key):
+        return max(c["gate"][key] for c in cells if c["backend"] == backend)
+
+    assert f"worst ratios {worst('hf-peft', 'worst_rms_ratio'):.2f} / {worst('hf-peft', 'worst_max_ratio'):.2f}" in doc
+    assert f"Worst ratios {worst('vllm', 'worst_rms_ratio'):.2f} / {worst('vllm', 'worst_max_ratio'):.2f}" in doc
+    run8 = json.loads(RUNS[-1].read_text())["cells"]
+    ttft = max(t for c in run8 if c.get("status") == "ok" for b in c["batches"] for t in b["ttft_s"])
+    assert f"waited\n  more than {ttft * 1e3:.0f} ms" in doc or f"more than {ttft * 1e3:.0f} ms" in doc
+    stalled = [float(np.median([t for b in c["batches"] for t in b["ttft_s"]]))
+               for c in json.loads(RUNS[2].read_text())["cells"] if c.get("status") == "ok"
+               and max(t for b in c["batches"] for t in b["ttft_s"]) > 0.5]
+    assert len(stalled) == 4 and f"cell median of {min(stalled) * 1e3:.0f}–{max(stalled) * 1e3:.0f} ms" in doc
