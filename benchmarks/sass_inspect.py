@@ -9,6 +9,15 @@ registers, spills, shared memory, the main loop's memory instructions (PTX and S
 
     PYTHONPATH=src python benchmarks/sass_inspect.py --out /tmp/sass [--module lorascope.serve.lora_kernel]
 
+``--kernels train`` does the same for the fused LoRA training kernels (lorascope.train.fused_lora.kernels) at the
+q/k/v group of the 1.3B model (M = 8192, K = 2048, three modules, r = 8, p = 0.05, ``kaug``) with the tiles the
+H200 run picked (docs/results/train_fused_2026-11-30/kernels.json). It also splits the main loop's hot path (the
+loop less the rarely taken tie-break branches) by source line (``nvdisasm -g``: Philox rounds, mask slots,
+comparisons, reductions, the rest) and by issue class, and prints issue/pipe/DRAM lower bounds next to the
+measured time (benchmarks/sass_train.py).
+
+    PYTHONPATH=src:benchmarks python benchmarks/sass_inspect.py --kernels train --out /tmp/sass_train
+
 It never launches anything, so it runs without a GPU (TRITON_INTERPRET must be unset).
 
 Bundle (benchmarks/gpu_site.sh, docs/gpu.md): NOT needed (imports lorascope.serve only, and runs on a CPU machine).
@@ -168,8 +177,15 @@ def main() -> None:
     ap.add_argument("--native", default="docs/results/serve_gpu_2026-11-29/native.json")
     ap.add_argument("--same-tiles", action="store_true",
                     help="also compile every variant with each shape's 0-column tiles")
+    ap.add_argument("--kernels", choices=("serve", "train"), default="serve",
+                    help="serve: the fused projection kernel (default); train: the fused LoRA training kernels")
     args = ap.parse_args()
     assert not os.environ.get("TRITON_INTERPRET"), "unset TRITON_INTERPRET: this compiles for sm_90"
+    if args.kernels == "train":
+        from sass_train import main as train_main  # benchmarks/ is this script's directory, first on sys.path
+
+        train_main(Path(args.out))
+        return
     kmod = importlib.import_module(args.module)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
