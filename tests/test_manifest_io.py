@@ -4,7 +4,7 @@ import pytest
 
 from lorascope.config import load_config
 from lorascope.io import atomic_write_json
-from lorascope.manifest import MANIFEST, is_completed, run_manifest
+from lorascope.manifest import MANIFEST, is_completed, read_manifest, run_manifest
 
 
 def test_manifest_records_section13_fields(tmp_path):
@@ -38,6 +38,15 @@ def test_failed_run_is_marked_failed(tmp_path):
             raise RuntimeError("boom")
     man = json.loads((tmp_path / MANIFEST).read_text())
     assert man["status"] == "failed" and "boom" in man["error"] and not is_completed(tmp_path)
+
+
+def test_read_manifest_is_none_for_an_absent_or_corrupt_manifest(tmp_path):
+    assert read_manifest(tmp_path) is None and not is_completed(tmp_path)
+    (tmp_path / MANIFEST).write_text('{"status": "compl')  # a write cut short
+    assert read_manifest(tmp_path) is None and not is_completed(tmp_path)
+    with run_manifest(tmp_path, None, command="unit"):
+        assert read_manifest(tmp_path)["status"] == "running"
+    assert read_manifest(tmp_path)["status"] == "completed" and is_completed(tmp_path)
 
 
 def test_atomic_json_refuses_nan_and_leaves_nothing(tmp_path):

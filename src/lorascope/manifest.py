@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from lorascope import __version__
 from lorascope.config.load import config_hash
@@ -108,15 +109,19 @@ def build_manifest(config: StudyConfig | None, *, command: str, seeds: dict | No
     }
 
 
+def read_manifest(folder: str | Path) -> Any | None:
+    """The JSON in ``folder``'s manifest; None when it is absent or unreadable (not valid JSON): such a folder
+    counts as having no record, never as a result."""
+    try:
+        return json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _study_root(out: Path) -> tuple[Path, dict] | None:
     """The nearest enclosing study folder (its manifest has ``invocations``) above ``out``, and its manifest."""
-    import json
-
     for folder in list(out.resolve().parents)[:4]:
-        try:
-            man = json.loads((folder / MANIFEST).read_text())
-        except (OSError, ValueError):
-            continue
+        man = read_manifest(folder)
         if isinstance(man, dict) and "invocations" in man:
             return folder, man
     return None
@@ -159,12 +164,8 @@ def run_manifest(out_dir: str | Path, config: StudyConfig | None, *, command: st
 
 def is_completed(out_dir: str | Path, config: StudyConfig | None = None, identity: str | None = None) -> bool:
     """True when the folder's manifest says ``completed`` (and, given ``config`` / ``identity``, for those)."""
-    import json
-
-    path = Path(out_dir) / MANIFEST
-    try:
-        man = json.loads(path.read_text())
-    except (OSError, ValueError):
+    man = read_manifest(out_dir)
+    if man is None:
         return False
     if man.get("status") != "completed":
         return False
@@ -183,16 +184,14 @@ def study_invocation(out_dir: str | Path, config: StudyConfig, *, command: str, 
     entry; the body fills ``jobs``. The root's ``status`` is the latest invocation's. ``defines_study=False`` (one
     stage re-run on the folder, e.g. ``lorascope stats DIR stats.confidence=0.9``) records the invocation but keeps
     the study's own config, versions and status at the top: an analysis override does not redefine the study."""
-    import json
     import socket
 
     from lorascope.config.load import config_diff
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        previous = json.loads((out / MANIFEST).read_text())
-    except (OSError, ValueError):
+    previous = read_manifest(out)
+    if previous is None:
         previous = {}
     history = list(previous.get("invocations") or [])
     if previous and not history and previous.get("started"):  # a root manifest from before the history existed

@@ -15,14 +15,13 @@ the end, for which key, where, in how many attempts, and its summary.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from lorascope.config.load import canonical_json
 from lorascope.errors import LorascopeError
-from lorascope.manifest import MANIFEST, is_completed
+from lorascope.manifest import is_completed, read_manifest
 from lorascope.results import layout
 from lorascope.study.roles import ROLES
 
@@ -72,10 +71,7 @@ def is_done(out_dir: str | Path, job: Job) -> bool:
 
 def job_record(out_dir: str | Path, name: str) -> dict | None:
     """The job folder's manifest (status, identity, attempt, node, result), or None."""
-    try:
-        return json.loads((job_dir(out_dir, name) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
+    return read_manifest(job_dir(out_dir, name))
 
 
 class Dag:
