@@ -132,11 +132,18 @@ def question_tables(examples: Sequence[SquadExample], length: int) -> list[tuple
     return rows
 
 
+def expected_scores(rows: list, p: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per question (rows of :func:`question_tables`), the exact expected EM and F1 (fractions) by linearity:
+    p*score("") + (1-p)*mean over spans of score(span)."""
+    em = np.array([p * r[0] + (1 - p) * r[2].mean() for r in rows])
+    f1 = np.array([p * r[1] + (1 - p) * r[3].mean() for r in rows])
+    return em, f1
+
+
 def squad_expected(examples: Sequence[SquadExample], p: float, length: int, rows: list | None = None) -> dict:
     """Exact expected official EM/F1 (percent; overall, HasAns, NoAns) of the random-span baseline."""
     rows = rows if rows is not None else question_tables(examples, length)
-    em = np.array([p * r[0] + (1 - p) * r[2].mean() for r in rows])
-    f1 = np.array([p * r[1] + (1 - p) * r[3].mean() for r in rows])
+    em, f1 = expected_scores(rows, p)
     has = np.array([not ex.is_impossible for ex in examples])
     out = {"expected_exact": float(100.0 * em.mean()), "expected_f1": float(100.0 * f1.mean()), "total": len(rows)}
     for name, mask in (("HasAns", has), ("NoAns", ~has)):
@@ -185,8 +192,8 @@ def squad_stratified(train: Sequence[SquadExample], evaluate_on: Sequence[SquadE
     p, length = unanswerable_rate(train), median_answer_words(train)
     rows = question_tables(evaluate_on, length)
     draws = squad_draws(evaluate_on, p, length, n_draws, rng, rows=rows)
-    # Per question, the expected F1 (linearity, as in ``squad_expected``).
-    per_example = {ex.id: float(p * r[1] + (1 - p) * r[3].mean()) for ex, r in zip(evaluate_on, rows)}
+    _, expected_f1 = expected_scores(rows, p)
+    per_example = {ex.id: float(f1) for ex, f1 in zip(evaluate_on, expected_f1)}
     return {"name": "stratified_random", "params": {"p_no_answer": p, "span_words": length},
             "metrics": squad_expected(evaluate_on, p, length, rows),
             "per_example": {"metric": "f1", "scores": per_example, "kind": "expected"},
