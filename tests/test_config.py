@@ -183,10 +183,16 @@ def test_config_error_shows_values_not_python_reprs():
     assert "(got [0.001, 0.001])" in str(err.value) and "(got 0)" in str(err.value)
 
 
-def test_bad_learning_rate_on_the_command_line():
+def test_bad_learning_rate_on_the_command_line(tmp_path):
     from lorascope.errors import LorascopeError
     from lorascope.train.run import RunSpec
+    from lorascope.train.sanity import run_sanity
 
+    cfg = load_config(None, [])
     for lr in (0.0, -1e-3, float("nan"), float("inf")):
         with pytest.raises(LorascopeError, match="learning rate"):
             RunSpec("mrpc", "ft", lr)
+        # the sanity gate refuses it with the same check, naming the gate, before touching its folder
+        with pytest.raises(LorascopeError, match="^sanity gate mrpc/ft: learning rate"):
+            run_sanity(cfg, "mrpc", "ft", tmp_path / "sanity", lr=lr)
+    assert not (tmp_path / "sanity").exists()

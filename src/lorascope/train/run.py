@@ -44,6 +44,14 @@ from lorascope.train.tracking import Tracker
 METHODS = ("ft", "lora", "lora_qv")
 
 
+def check_lr(lr, where: str = "") -> None:
+    """Refuse a learning rate that is not a finite number > 0; ``where`` prefixes the message (e.g. the gate)."""
+    import math
+
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise LorascopeError(f"{where}learning rate must be a finite number > 0, got {lr}")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """What distinguishes one run: task, method, learning rate, replicate; ``hpo`` runs never see test."""
@@ -55,10 +63,7 @@ class RunSpec:
     hpo: bool = False
 
     def __post_init__(self) -> None:
-        import math
-
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise LorascopeError(f"learning rate must be a finite number > 0, got {self.lr}")
+        check_lr(self.lr)
         if self.method not in METHODS:
             raise LorascopeError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
         if self.replicate < 0:

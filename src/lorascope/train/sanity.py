@@ -8,7 +8,6 @@ examples: MRPC accuracy and SQuAD EM must be 100%. A failure stops the study wit
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from lorascope.models.tokenizer import tokenizer_for
 from lorascope.train.evaluate import evaluate
 from lorascope.train.loop import LoopSettings, train_loop
 from lorascope.train.loss import TargetTokenLoss
-from lorascope.train.run import build_model, default_device
+from lorascope.train.run import build_model, check_lr, default_device
 from lorascope.train.seeds import run_seeds
 from lorascope.train.tracking import Tracker
 
@@ -57,8 +56,7 @@ def run_sanity(cfg: StudyConfig, task: str, method: str, out_dir: Path, *, data_
     out_dir = Path(out_dir)
     sc = cfg.sanity
     lr = lr if lr is not None else sc.lr[method]
-    if not (math.isfinite(lr) and lr > 0):
-        raise LorascopeError(f"sanity gate {task}/{method}: learning rate must be a finite number > 0, got {lr}")
+    check_lr(lr, f"sanity gate {task}/{method}: ")
     identity = f"sanity:{task}:{method}:{lr!r}:{result_hash(cfg)}"
     if is_completed(out_dir, identity=identity) and (out_dir / "sanity.json").is_file():
         return json.loads((out_dir / "sanity.json").read_text())
