@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lorascope.io import atomic_write_json
 from lorascope.manifest import run_manifest
-from lorascope.results.selection import final_runs
+from lorascope.results.selection import final_runs, lowest_replicate_run, lowest_replicate_runs
 
 
 def _run(root, method, lr, rep, completed=True, hpo=False):
@@ -38,3 +38,16 @@ def test_without_hpo_the_lr_with_most_replicates(tmp_path):
     assert [(r["method"], r["lr"], r["replicate"]) for r in runs] == [("ft", 0.001, 4), ("lora", 0.003, 0),
                                                                        ("lora", 0.003, 1)]
     assert [r["replicate"] for r in final_runs(tmp_path, "mrpc", replicates=[1])] == [1]
+
+
+def test_lowest_replicate_run_per_method(tmp_path):
+    for rep in (2, 1):
+        _run(tmp_path, "lora", 0.003, rep)
+    _run(tmp_path, "lora", 0.01, 0)  # another lr with fewer replicates: not a final run
+    _run(tmp_path, "ft", 0.001, 3)
+    lowest = lowest_replicate_runs(tmp_path, "mrpc")
+    assert {m: (r["lr"], r["replicate"]) for m, r in lowest.items()} == {"ft": (0.001, 3), "lora": (0.003, 1)}
+    assert lowest_replicate_run(tmp_path, "mrpc", "lora") == lowest["lora"]
+    assert lowest_replicate_run(tmp_path, "mrpc", "lora_qv") is None
+    assert lowest_replicate_runs(tmp_path, "mrpc", replicates=[2])["lora"]["replicate"] == 2
+    assert "ft" not in lowest_replicate_runs(tmp_path, "mrpc", replicates=[2])

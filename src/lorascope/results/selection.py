@@ -72,8 +72,16 @@ def excluded_runs(out_dir: str | Path, task: str, replicates: list[int] | None =
     return out
 
 
+def lowest_replicate_runs(out_dir: str | Path, task: str, replicates: list[int] | None = None) -> dict[str, dict]:
+    """Per method, the selected final run with the lowest replicate (the §9 weights stage, served adapters);
+    a method without a final run is absent."""
+    runs: dict[str, dict] = {}
+    for run in final_runs(out_dir, task, replicates):  # ordered by method then replicate: the first is the lowest
+        runs.setdefault(run["method"], run)
+    return runs
+
+
 def lowest_replicate_run(out_dir: str | Path, task: str, method: str, replicates: list[int] | None = None
                          ) -> dict | None:
-    """The selected final run of (task, method) with the lowest replicate (the §9 weights stage, served adapters)."""
-    runs = [r for r in final_runs(out_dir, task, replicates) if r["method"] == method]
-    return runs[0] if runs else None
+    """The selected final run of (task, method) with the lowest replicate; None when it has none."""
+    return lowest_replicate_runs(out_dir, task, replicates).get(method)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from lorascope.io import atomic_write_json
 from lorascope.manifest import run_manifest
 from lorascope.results import layout
-from lorascope.results.selection import lowest_replicate_run
+from lorascope.results.selection import lowest_replicate_runs
 from lorascope.study.ingest import file_ingester, ingest_weights
 from lorascope.study.runner import JobContext
 from lorascope.study.stage import After, Stage
@@ -19,8 +19,8 @@ def run(ctx: JobContext, task: str) -> dict:
     from lorascope.weights.analysis import analyse, write_figures
 
     cfg = ctx.cfg
-    chosen = {m: lowest_replicate_run(ctx.out_dir, task, m, cfg.seeds.replicates) for m in LABELS}
-    chosen = {m: r for m, r in chosen.items() if r is not None}
+    lowest = lowest_replicate_runs(ctx.out_dir, task, cfg.seeds.replicates)
+    chosen = {m: lowest[m] for m in LABELS if m in lowest}
     if not chosen:
         raise FileNotFoundError(f"{layout.runs_dir(ctx.out_dir, task)}: no completed final FT or LoRA run")
     runs = {LABELS[m]: (layout.saved_model_dir(r["path"], m), m) for m, r in chosen.items()}
