@@ -116,3 +116,22 @@ def test_invocation_history_keeps_every_run(tmp_path):
     assert man["invocations"][0]["jobs"]["completed"] == 30 and man["invocations"][0]["finished"]
     assert man["invocations"][1]["config_changes"] == [{"key": "name", "before": "demo", "now": "renamed"}]
     assert "boom" in man["invocations"][1]["error"]
+
+
+def test_a_folder_without_a_study_manifest_falls_back_once(tmp_path):
+    from lorascope.manifest import study_invocation
+    from lorascope.results.config import folder_config
+
+    notes, calls = [], []
+
+    def fallback():
+        calls.append(1)
+        return load_config(None, ["name=fallback"])
+
+    cfg = folder_config(tmp_path, ["stats.confidence=0.9"], note=notes.append, fallback=fallback)
+    assert (cfg.name, cfg.stats.confidence, len(calls)) == ("fallback", 0.9, 1)
+    assert len(notes) == 1 and "has no study manifest" in notes[0]
+    with study_invocation(tmp_path, load_config(None, ["name=recorded"]), command="run"):
+        pass
+    cfg = folder_config(tmp_path, note=notes.append, fallback=fallback)
+    assert (cfg.name, len(calls), len(notes)) == ("recorded", 1, 1)  # the folder's own config; no fallback, no note

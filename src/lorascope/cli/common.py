@@ -45,14 +45,11 @@ def results_config(results_dir: Path, config: Path | None, overrides: list[str] 
     from lorascope.results.config import folder_config
 
     given = load_config(config, []) if config is not None else None
-    if given is None and DEFAULT_CONFIG.is_file():
-        # without a study manifest in the folder, fall back to the default config as every command does
-        from lorascope.results.config import recorded_config
-
-        if recorded_config(results_dir) is None:
-            given = load_config(DEFAULT_CONFIG, [])
+    # without a study manifest in the folder, fall back to the default config as every command does
+    fallback = (lambda: load_config(DEFAULT_CONFIG, [])) if DEFAULT_CONFIG.is_file() else None
     return folder_config(
-        results_dir, overrides, given, note=lambda msg: console.print(f"[yellow]note:[/] {msg}", highlight=False)
+        results_dir, overrides, given, note=lambda msg: console.print(f"[yellow]note:[/] {msg}", highlight=False),
+        fallback=fallback,
     )
 
 

@@ -60,14 +60,17 @@ def check_same_training(results_dir: str | Path, cfg: StudyConfig) -> dict | Non
 
 
 def folder_config(results_dir: str | Path, overrides: list[str] | None = None,
-                  given: StudyConfig | None = None, *, note=None) -> StudyConfig:
+                  given: StudyConfig | None = None, *, note=None, fallback=None) -> StudyConfig:
     """The config a command uses on an existing results folder: the recorded one with ``overrides`` (analysis
     and execution keys only). ``given`` (a ``--config`` the user named) must agree on the trained runs; its
-    analysis settings win over the recorded ones. Without a recorded config, ``given`` (or the defaults) is
-    used and ``note`` (a callable) is told so."""
+    analysis settings win over the recorded ones. Without a recorded config, ``given`` — else what ``fallback``
+    (a callable, e.g. loading the CLI's default config file) returns, else the defaults — is used and ``note``
+    (a callable) is told so."""
     overrides = list(overrides or [])
     recorded = recorded_config(results_dir)
     if recorded is None:
+        if given is None and fallback is not None:
+            given = fallback()
         if note is not None:
             note(f"{results_dir} has no study manifest ({MANIFEST} with a config): using "
                  + ("the given config" if given is not None else "the default config"))
