@@ -110,8 +110,9 @@ def _count(pattern: str, text: str) -> int:
 
 
 def loop_bodies(sass: str) -> list[list[str]]:
-    """SASS instructions of each loop: from a backward BRA's target (cuobjdump prints absolute addresses) to it."""
-    lines = [ln for ln in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", ln)]
+    """SASS instructions of each loop: from a backward BRA's target (cuobjdump prints absolute addresses, 4 hex
+    digits or more past 0xffff) to it."""
+    lines = [ln for ln in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", ln)]
     addr = [int(re.match(r"\s+/\*([0-9a-f]+)\*/", ln).group(1), 16) for ln in lines]
     loops = []
     for i, ln in enumerate(lines):

@@ -34,7 +34,7 @@ from triton.runtime.jit import MockTensor, create_function_from_signature
 from lorascope.train.fused_lora import kernels as fk
 from lorascope.train.fused_lora import mask_proto
 from lorascope.train.fused_lora.philox import GROUP, threshold
-from sass_inspect import BIN, TARGET, ptxas_info, sass_of
+from sass_inspect import BIN, TARGET, loop_bodies, ptxas_info, sass_of
 
 # H200: 132 SMs, 4 schedulers per SM issuing ≤ 1 warp instruction per cycle each; 1.98 GHz boost clock; copy
 # bandwidth measured by benchmarks/train_throughput.py (docs/benchmarks.md, section 1). Integer pipes: 64 lanes per
@@ -145,18 +145,6 @@ def _parse(ln: str) -> tuple[int, str]:
     m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*)", ln)
     ins = re.sub(r"^@!?U?P\w+\s+", "", m.group(2)).split(";")[0].strip()
     return int(m.group(1), 16), ins.split()[0] if ins else ""
-
-
-def loop_bodies(sass: str) -> list[list[str]]:
-    """As ``sass_inspect.loop_bodies``, for code past 0xffff too (addresses of 5+ hex digits)."""
-    lines = [ln for ln in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", ln)]
-    addr = [int(re.match(r"\s+/\*([0-9a-f]+)\*/", ln).group(1), 16) for ln in lines]
-    loops = []
-    for i, ln in enumerate(lines):
-        m = re.search(r"\bBRA\b\s+(?:\S+\s+)?0x([0-9a-f]+)", ln)
-        if m and int(m.group(1), 16) < addr[i] and int(m.group(1), 16) in addr:
-            loops.append(lines[addr.index(int(m.group(1), 16)):i + 1])
-    return loops
 
 
 def hot_path(loop: list[str]) -> list[tuple[int, str]]:

@@ -8,8 +8,8 @@ import os
 import subprocess
 import sys
 
-from lorascope.train.fused_lora import philox
 from tests.conftest import REPO
+from tests.test_fused_lora import _seed_with_tie
 
 CASES = """
 import json, sys
@@ -31,14 +31,6 @@ args = dict(r=8, coef=2.0 / 0.95, p=0.05, copy_x=True, blocks=blocks)
 same = bool(torch.equal(mask_proto.shrink_v2(x, a, seeds, **args), kernels.shrink(x, a, seeds, **args)))
 print(json.dumps({"masks": masks, "shrink_equal": same}))
 """
-
-
-def _seed_with_tie(p: float, rows: int, cols: int) -> int:
-    t_hi = philox.threshold(p) >> 16
-    for seed in range(500):  # deterministic search; a tie has probability 1 − (1 − 2⁻¹⁶)^(rows·cols) per seed
-        if bool((philox.draws16(seed, rows, cols) == t_hi).any()):
-            return seed
-    raise AssertionError("no seed with a tie found")
 
 
 def test_prototype_mask_and_shrink_equal_the_reference_under_interpreter():
