@@ -32,7 +32,6 @@ from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import MockTensor, create_function_from_signature
 
 from lorascope.train.fused_lora import kernels as fk
-from lorascope.train.fused_lora import mask_proto
 from lorascope.train.fused_lora.philox import GROUP, threshold
 from sass_inspect import BIN, TARGET, loop_bodies, ptxas_info, sass_of
 
@@ -87,8 +86,6 @@ def launches(b: fk.Blocks) -> list[dict]:
              tile=f"bm {b.out_bm} bn {b.out_bn} nb {b.out_nb}",
              args=[bf, f32, f32, f32, bf, f32, f32, M, N_QKV, N_QKV, N_QKV, n_total, n_total, ld_saved, N_MOD * R],
              const=dict(R=R, RP=rp, DOT_F32=False, BM=b.out_bm, BN=b.out_bn, NB=b.out_nb, num_warps=b.out_warps)),
-        # the prototype of mask_proto.py: the same launch with the mask built without layout shuffles
-        {**shrink, "name": "shrink_v2", "fn": mask_proto._shrink_kernel_v2},
         dict(name="b_block", fn=fk._b_block_kernel, warps=4, iters=0, grid=_cdiv(n_total, 64), bytes=0, tile="bn 64",
              args=[bf, f32, f32, f32, N_QKV, N_QKV, n_total, K, ld_saved, width], const=dict(R=R, BN=64, CP=32)),
     ]
@@ -136,8 +133,6 @@ def source_group(where: tuple[str, int], funcs: dict[int, str]) -> str:
         return "tl.max/reduce"
     if name == "kernels.py":
         return funcs.get(line, "kernels.py")
-    if name == "mask_proto.py":
-        return "mask_proto.py"
     return name
 
 
@@ -210,7 +205,6 @@ def measured(run_json: Path) -> tuple[fk.Blocks, dict[str, float]]:
     for e in data["kernels"]:
         if "blocks" in e and all(getattr(blocks, k) == v for k, v in e["blocks"].items()):
             times[e["kernel"]] = e["ms"] * 1e3
-    times["shrink_v2"] = times.get("shrink")  # not measured: the achieved IPC below assumes shrink's time
     return blocks, times
 
 
