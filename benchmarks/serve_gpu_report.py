@@ -180,7 +180,7 @@ def overhead_ranges(cells: Cells, backends: list[str], batches: list[int]) -> li
              "| engine | scenario | batch sizes | p95 end-to-end | median TPOT |", "|---|---|---|---|---|"]
     for be in backends:
         for sc in SCENARIO_ORDER[2:]:
-            pairs = [(b, *cells.paired(be, sc, b)) for b in batches if cells.paired(be, sc, b)]
+            pairs = [(b, *pair) for b in batches if (pair := cells.paired(be, sc, b))]
             if not pairs:
                 continue
             e2e = [overhead(c, m)[0] for _, c, m in pairs]

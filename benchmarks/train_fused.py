@@ -466,7 +466,6 @@ def part_ft(shape, batches):
         if ARGS.profile and left() > 60:
             guarded("profile ft", profile, "FT ours + MasterWeightAdamW", master_step(ours(loss_mod), opt),
                     batches["tgt"])
-    if opt is not None:
         guarded("ft-master-captured", time_captured, "FT ours + MasterWeightAdamW + captured step", "ft", loss_mod,
                 params, batches, shape, ["tgt", "lm"], lambda: opt, True)
     del model, params, opt, loss_mod

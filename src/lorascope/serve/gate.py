@@ -116,8 +116,9 @@ def engine_token_gate(backend, reference: Reference, prompts: Sequence[Sequence[
     against the reference's, teacher-forced on those tokens, relative to bf16 transformers + PEFT."""
     tokens, got = backend.decode_logprobs(prompts, engine_ids, n_new)
     if len(tokens) != len(prompts) or any(len(t) != n_new or len(g) != n_new for t, g in zip(tokens, got)):
-        raise ServeError(f"the engine returned {[len(t) for t in tokens]} tokens and {[len(g) for g in got]} "
-                         f"log-probabilities for {len(prompts)} rows of {n_new}")
+        counts = ", ".join(f"{len(t)}/{len(g)}" for t, g in zip(tokens, got))
+        raise ServeError(f"the engine returned {len(tokens)} rows for {len(prompts)} prompts; tokens/log-probabilities "
+                         f"per row: {counts or 'none'}; expected {n_new} of each")
     rows = []
     for i, (p, a, toks) in enumerate(zip(prompts, reference_ids, tokens)):
         logits = reference.forced(p, a, toks)
