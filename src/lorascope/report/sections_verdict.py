@@ -27,8 +27,9 @@ def validity_alerts(results: dict) -> list[Callout]:
         if gate.get("state") == NOT_ASSESSABLE:
             alerts.append(Callout("invalid", f"{task}: not assessable — a method did not beat the strongest trivial "
                                   "baseline (STUDY.md §12 validity gate)", list(gate.get("failed") or [])
-                                  + ["No criterion (A, B, C) is judged for this task: a comparison of models that "
-                                     "did not learn the task says nothing about LoRA vs full fine-tuning."]))
+                                  + ["No criterion (A, B, C) decides this task: their states in the verdict table "
+                                     "are computed for information only, because a comparison of models that did "
+                                     "not learn the task says nothing about LoRA vs full fine-tuning."]))
     return alerts
 
 
@@ -64,7 +65,8 @@ def verdict(results: dict) -> Section:
                               "Validity gate: each method's test primary metric (mean over its seeds) must beat the "
                               "strongest trivial baseline — majority class / stratified random (MRPC), always-no-answer"
                               " / random spans (SQuAD v2) — in a one-sided paired bootstrap over test examples, Holm-"
-                              "corrected over tasks × methods. A task that fails it is not assessable."))
+                              "corrected over tasks × methods. A task that fails it is not assessable: its A, B "
+                              "and C are still computed and shown, but they do not count."))
     s.blocks.append(Table(["task", "criterion", "state", "estimate [95% CI]", "reason"], detail,
                           "A: drop = FT − LoRA primary metric (points), met when the upper 95% bound ≤ margin. "
                           "B: drift reduction 1 − D_LoRA/D_FT (in-task, mean pooling), met when the lower bound ≥ "
